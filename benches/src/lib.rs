@@ -1,0 +1,1 @@
+//! Shared synthetic-cloud builders for the benchmarks and the demo.
