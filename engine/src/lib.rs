@@ -7,9 +7,11 @@
 //!   consumers and allocations, server groups, the catalog.
 //! - [`scheduler`]: the pipeline — request context, filters (one file each), weighers
 //!   (one file each), selection and the atomic claim.
+//! - [`api`]: the gRPC services (tonic), the request-id layer and the server assembly.
 //! - [`config`]: every knob and its default.
 //! - [`error`]: the one error type, with a stable code per variant.
 
+pub mod api;
 pub mod config;
 pub mod error;
 pub mod intern;
@@ -22,4 +24,5 @@ pub use error::{EngineError, NoValidHost, Result};
 pub use scheduler::{Explanation, HostChoice, RankedHost, Selection, WeigherContribution};
 pub use state::consumers::{AllocationRequest, ConsumerAllocations, ProjectUsageReport};
 pub use state::providers::{DISABLED_TRAIT, ProviderFilter};
+pub use state::summary::CloudSummary;
 pub use state::{Engine, HostRef};

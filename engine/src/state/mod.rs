@@ -18,6 +18,7 @@ pub(crate) mod consumers;
 pub(crate) mod groups;
 pub(crate) mod providers;
 pub(crate) mod shard;
+pub mod summary;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;

@@ -1,0 +1,229 @@
+//! Wire ↔ engine conversions. Everything from the wire is parsed here with errors that name
+//! the field; nothing is trusted (no `unwrap` on request data).
+
+use std::collections::BTreeMap;
+use std::collections::HashMap;
+
+use berth_proto::v1 as pb;
+use tonic::Status;
+use uuid::Uuid;
+
+use super::status::invalid;
+use crate::model::{Allocation, Inventory, MAX_AMOUNT, ProviderInfo, RequestSpec};
+use crate::scheduler::Selection;
+
+/// Parses a required uuid field.
+pub fn uuid(field: &str, s: &str) -> Result<Uuid, Status> {
+    if s.is_empty() {
+        return Err(invalid(field, "is required"));
+    }
+    Uuid::parse_str(s).map_err(|e| invalid(field, format!("{s:?} is not a uuid ({e})")))
+}
+
+/// Parses an optional uuid field (empty = absent).
+pub fn opt_uuid(field: &str, s: &str) -> Result<Option<Uuid>, Status> {
+    if s.is_empty() {
+        Ok(None)
+    } else {
+        uuid(field, s).map(Some)
+    }
+}
+
+/// Empty string = absent.
+pub fn opt_str(s: String) -> Option<String> {
+    if s.is_empty() { None } else { Some(s) }
+}
+
+/// A wire inventory, with Placement's defaults for unset (zero) fields.
+pub fn inventory(inv: &pb::Inventory) -> (String, Inventory) {
+    let d = Inventory::new(inv.total);
+    (
+        inv.resource_class.clone(),
+        Inventory {
+            total: inv.total,
+            reserved: inv.reserved,
+            min_unit: if inv.min_unit == 0 {
+                d.min_unit
+            } else {
+                inv.min_unit
+            },
+            max_unit: if inv.max_unit == 0 {
+                d.max_unit
+            } else {
+                inv.max_unit
+            },
+            step_size: if inv.step_size == 0 {
+                d.step_size
+            } else {
+                inv.step_size
+            },
+            allocation_ratio: if inv.allocation_ratio == 0.0 {
+                1.0
+            } else {
+                inv.allocation_ratio
+            },
+        },
+    )
+}
+
+/// An engine inventory on the wire.
+pub fn inventory_pb(class: &str, inv: &Inventory) -> pb::Inventory {
+    pb::Inventory {
+        resource_class: class.to_string(),
+        total: inv.total,
+        reserved: inv.reserved,
+        min_unit: inv.min_unit,
+        max_unit: inv.max_unit,
+        step_size: inv.step_size,
+        allocation_ratio: inv.allocation_ratio,
+    }
+}
+
+/// Provider usages on the wire.
+pub fn usages_pb(info: &ProviderInfo) -> Vec<pb::ProviderUsage> {
+    info.usages
+        .iter()
+        .map(|u| pb::ProviderUsage {
+            resource_class: u.class.clone(),
+            used: u.used,
+            capacity: u.capacity,
+            total: u.inventory.total,
+            reserved: u.inventory.reserved,
+            allocation_ratio: u.inventory.allocation_ratio,
+        })
+        .collect()
+}
+
+/// A provider on the wire.
+pub fn provider_pb(info: ProviderInfo) -> pb::ResourceProvider {
+    pb::ResourceProvider {
+        uuid: info.uuid.to_string(),
+        name: info.name.clone(),
+        generation: info.generation,
+        availability_zone: info.availability_zone.clone(),
+        traits: info.traits.clone(),
+        aggregates: info.aggregates.clone(),
+        inventories: info
+            .usages
+            .iter()
+            .map(|u| inventory_pb(&u.class, &u.inventory))
+            .collect(),
+        usages: usages_pb(&info),
+        up: info.up,
+        disabled: info.disabled,
+        instances: info.instances,
+        capabilities: info.capabilities.into_iter().collect(),
+        arch: info.arch.unwrap_or_default(),
+        hypervisor_type: info.hypervisor_type.unwrap_or_default(),
+        hypervisor_version: info.hypervisor_version.unwrap_or_default(),
+    }
+}
+
+/// `(class, amount)` pairs from the wire, amounts checked.
+pub fn amounts(field: &str, v: &[pb::ResourceAmount]) -> Result<Vec<(String, u64)>, Status> {
+    v.iter()
+        .enumerate()
+        .map(|(i, r)| {
+            if r.amount > MAX_AMOUNT {
+                return Err(invalid(
+                    &format!("{field}[{i}].amount"),
+                    format!("{} exceeds {MAX_AMOUNT}", r.amount),
+                ));
+            }
+            Ok((r.resource_class.clone(), r.amount))
+        })
+        .collect()
+}
+
+/// Allocations from the wire.
+pub fn allocations(field: &str, v: &[pb::Allocation]) -> Result<Vec<Allocation>, Status> {
+    v.iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let f = format!("{field}[{i}]");
+            Ok(Allocation {
+                provider: uuid(&format!("{f}.provider_uuid"), &a.provider_uuid)?,
+                resources: amounts(&format!("{f}.resources"), &a.resources)?,
+            })
+        })
+        .collect()
+}
+
+/// Allocations on the wire.
+pub fn allocations_pb(v: &[Allocation]) -> Vec<pb::Allocation> {
+    v.iter()
+        .map(|a| pb::Allocation {
+            provider_uuid: a.provider.to_string(),
+            resources: a
+                .resources
+                .iter()
+                .map(|(c, n)| pb::ResourceAmount {
+                    resource_class: c.clone(),
+                    amount: *n,
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// A request spec from the wire.
+pub fn request_spec(spec: Option<pb::RequestSpec>) -> Result<RequestSpec, Status> {
+    let s = spec.ok_or_else(|| invalid("spec", "is required"))?;
+    let uuids = |field: &str, v: &[String]| -> Result<Vec<Uuid>, Status> {
+        v.iter()
+            .enumerate()
+            .map(|(i, u)| uuid(&format!("spec.{field}[{i}]"), u))
+            .collect()
+    };
+    Ok(RequestSpec {
+        flavor: s.flavor.filter(|f| !f.is_empty()),
+        resources: amounts("spec.resources", &s.resources)?,
+        required_traits: s.required_traits,
+        forbidden_traits: s.forbidden_traits,
+        member_of: s.member_of.into_iter().map(|m| m.aggregates).collect(),
+        forbidden_aggregates: s.forbidden_aggregates,
+        availability_zone: opt_str(s.availability_zone),
+        group: opt_str(s.group),
+        image: opt_str(s.image),
+        num_instances: s.num_instances,
+        instance_uuids: uuids("instance_uuids", &s.instance_uuids)?,
+        ignore_hosts: s.ignore_hosts,
+        force_hosts: s.force_hosts,
+        same_host: uuids("same_host", &s.same_host)?,
+        different_host: uuids("different_host", &s.different_host)?,
+        project_id: s.project_id,
+        user_id: s.user_id,
+    })
+}
+
+fn alloc_one(provider: Uuid, resources: &[(String, u64)]) -> Vec<pb::Allocation> {
+    allocations_pb(&[Allocation {
+        provider,
+        resources: resources.to_vec(),
+    }])
+}
+
+/// A selection on the wire (alternates carry the same resources, unclaimed).
+pub fn selection_pb(s: Selection) -> pb::Selection {
+    pb::Selection {
+        consumer_uuid: s.consumer.to_string(),
+        host_uuid: s.host.uuid.to_string(),
+        host_name: s.host.name.clone(),
+        allocations: alloc_one(s.host.uuid, &s.allocations),
+        alternates: s
+            .alternates
+            .iter()
+            .map(|a| pb::Alternate {
+                host_uuid: a.uuid.to_string(),
+                host_name: a.name.clone(),
+                allocations: alloc_one(a.uuid, &s.allocations),
+            })
+            .collect(),
+        weight: s.weight,
+    }
+}
+
+/// A wire map as an ordered map.
+pub fn btree(m: HashMap<String, String>) -> BTreeMap<String, String> {
+    m.into_iter().collect()
+}

@@ -1,0 +1,139 @@
+//! A tower layer in front of every service: takes the caller's `x-request-id` (or makes one),
+//! runs the call inside a `rpc` tracing span carrying it — so every log line the request
+//! causes names it — returns it in the response metadata, and records per-RPC metrics.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http::HeaderValue;
+use tracing::Instrument;
+use uuid::Uuid;
+
+/// Metadata key of the request id.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// See the module doc.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestIdLayer;
+
+impl<S> tower::Layer<S> for RequestIdLayer {
+    type Service = RequestId<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RequestId { inner }
+    }
+}
+
+/// The service the layer wraps around each call.
+#[derive(Debug, Clone)]
+pub struct RequestId<S> {
+    inner: S,
+}
+
+/// A caller-supplied id is used when it is short and printable; anything else is replaced.
+fn usable(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic())
+}
+
+impl<S, ReqB, ResB> tower::Service<http::Request<ReqB>> for RequestId<S>
+where
+    S: tower::Service<http::Request<ReqB>, Response = http::Response<ResB>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<ReqB>) -> Self::Future {
+        let id = req
+            .headers()
+            .get(REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .filter(|s| usable(s))
+            .map_or_else(|| Uuid::new_v4().to_string(), str::to_owned);
+        let value = HeaderValue::from_str(&id).ok();
+        if let Some(v) = &value {
+            req.headers_mut().insert(REQUEST_ID, v.clone());
+        }
+        let rpc = req.uri().path().to_owned();
+        let span = tracing::info_span!("rpc", request_id = %id, rpc = %rpc);
+        let start = Instant::now();
+        let fut = {
+            let _entered = span.enter();
+            self.inner.call(req)
+        };
+        Box::pin(
+            async move {
+                let mut res = fut.await?;
+                if let Some(v) = value {
+                    res.headers_mut().insert(REQUEST_ID, v);
+                }
+                // Unary errors are "trailers-only": the status is in the headers. A success
+                // carries it in the trailers, after the body; absent here means OK.
+                let code = res
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|s| s.parse::<i32>().ok())
+                    .map_or(tonic::Code::Ok, tonic::Code::from_i32);
+                let elapsed = start.elapsed();
+                let code_name = format!("{code:?}");
+                metrics::counter!("berth_grpc_requests_total", "rpc" => rpc.clone(), "code" => code_name.clone()).increment(1);
+                metrics::histogram!("berth_grpc_request_seconds", "rpc" => rpc).record(elapsed.as_secs_f64());
+                if code == tonic::Code::Ok {
+                    tracing::debug!(code = %code_name, micros = elapsed.as_micros() as u64, "done");
+                } else {
+                    let msg = res
+                        .headers()
+                        .get("grpc-message")
+                        .and_then(|v| v.to_str().ok())
+                        .map(|m| percent_decode(m))
+                        .unwrap_or_default();
+                    tracing::info!(code = %code_name, micros = elapsed.as_micros() as u64, message = %msg, "failed");
+                }
+                Ok(res)
+            }
+            .instrument(span),
+        )
+    }
+}
+
+/// grpc-message is percent-encoded on the wire.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() + 0 && i + 2 <= b.len() - 1 {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_and_decoding() {
+        assert!(usable("abc-123"));
+        assert!(!usable(""));
+        assert!(!usable("has space"));
+        assert!(!usable(&"x".repeat(200)));
+        assert_eq!(percent_decode("no%20valid%20host"), "no valid host");
+        assert_eq!(percent_decode("100%"), "100%");
+    }
+}

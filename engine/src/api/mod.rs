@@ -1,0 +1,206 @@
+//! The engine's network face: tonic services for `berth.v1.Placement`, `Scheduler` and
+//! `Catalog`, plus `grpc.health.v1` and server reflection (v1 and v1alpha). The services
+//! only convert and call the engine; errors become statuses in [`status`], in one place.
+
+pub mod catalog;
+pub mod convert;
+pub mod layer;
+pub mod paging;
+pub mod placement;
+pub mod scheduler;
+pub mod status;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_proto::v1::catalog_server::CatalogServer;
+use berth_proto::v1::placement_server::PlacementServer;
+use berth_proto::v1::scheduler_server::SchedulerServer;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::{Engine, EngineConfig};
+
+/// The server's own settings (`[server]` in `berth.toml`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// gRPC listen address.
+    pub listen: String,
+    /// Prometheus `/metrics` listen address; empty disables the exporter.
+    pub metrics_listen: String,
+    /// Largest request message accepted, in bytes.
+    pub max_message_bytes: usize,
+    /// Log filter (`info`, `berth_engine=debug`, …), as for `RUST_LOG`.
+    pub log: String,
+    /// How long shutdown waits for in-flight calls, in seconds.
+    pub shutdown_grace_seconds: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:50051".into(),
+            metrics_listen: "127.0.0.1:9090".into(),
+            max_message_bytes: 4 * 1024 * 1024,
+            log: "info".into(),
+            shutdown_grace_seconds: 30,
+        }
+    }
+}
+
+/// The whole `berth.toml`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BerthConfig {
+    /// Server settings.
+    pub server: ServerConfig,
+    /// Engine and scheduler settings.
+    pub engine: EngineConfig,
+}
+
+impl BerthConfig {
+    /// Parses `berth.toml` text; the error names the key and line.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+}
+
+/// Installs the Prometheus exporter on `addr` (serving `/metrics`). Call once per process.
+pub fn install_metrics(addr: SocketAddr) -> Result<(), String> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
+            &[
+                0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005,
+                0.01, 0.025, 0.1, 1.0,
+            ],
+        )
+        .map_err(|e| e.to_string())?
+        .install()
+        .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))
+}
+
+/// Publishes the engine's gauges (hosts by state, capacity and usage per class, counters)
+/// every `period` until the process ends.
+pub fn spawn_gauges(engine: Arc<Engine>, period: Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tick.tick().await;
+            let s = engine.cloud_summary();
+            metrics::gauge!("berth_hosts", "state" => "up").set(s.hosts_up as f64);
+            metrics::gauge!("berth_hosts", "state" => "down").set(s.hosts_down as f64);
+            metrics::gauge!("berth_hosts", "state" => "disabled").set(s.hosts_disabled as f64);
+            metrics::gauge!("berth_consumers").set(s.consumers as f64);
+            for (class, cap, used) in &s.classes {
+                metrics::gauge!("berth_capacity", "class" => class.clone()).set(*cap as f64);
+                metrics::gauge!("berth_usage", "class" => class.clone()).set(*used as f64);
+            }
+            let st = &engine.stats;
+            use std::sync::atomic::Ordering::Relaxed;
+            metrics::counter!("berth_claims_total").absolute(st.claims.load(Relaxed));
+            metrics::counter!("berth_releases_total").absolute(st.releases.load(Relaxed));
+            metrics::counter!("berth_claim_conflicts_total").absolute(st.conflicts.load(Relaxed));
+            metrics::counter!("berth_no_valid_host_total").absolute(st.no_valid_host.load(Relaxed));
+        }
+    });
+}
+
+/// Serves the gRPC API on `listener` until `shutdown` resolves, then stops accepting,
+/// finishes in-flight calls and returns.
+pub async fn serve(
+    engine: Arc<Engine>,
+    config: &ServerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let max = config.max_message_bytes;
+    let placement = PlacementServer::new(placement::PlacementApi {
+        engine: engine.clone(),
+    })
+    .max_decoding_message_size(max);
+    let scheduler = SchedulerServer::new(scheduler::SchedulerApi {
+        engine: engine.clone(),
+    })
+    .max_decoding_message_size(max);
+    let catalog = CatalogServer::new(catalog::CatalogApi {
+        engine: engine.clone(),
+    })
+    .max_decoding_message_size(max);
+
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<PlacementServer<placement::PlacementApi>>()
+        .await;
+    health_reporter
+        .set_serving::<SchedulerServer<scheduler::SchedulerApi>>()
+        .await;
+    health_reporter
+        .set_serving::<CatalogServer<catalog::CatalogApi>>()
+        .await;
+
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(berth_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, providers = engine.provider_count(), shards = engine.shard_count(), "berth-engine serving gRPC");
+    let reporter = health_reporter.clone();
+    let shutdown = async move {
+        shutdown.await;
+        tracing::info!("shutting down: no new calls, finishing in-flight ones");
+        reporter
+            .set_not_serving::<PlacementServer<placement::PlacementApi>>()
+            .await;
+        reporter
+            .set_not_serving::<SchedulerServer<scheduler::SchedulerApi>>()
+            .await;
+        reporter
+            .set_not_serving::<CatalogServer<catalog::CatalogApi>>()
+            .await;
+    };
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .layer(layer::RequestIdLayer)
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(placement)
+        .add_service(scheduler)
+        .add_service(catalog)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    tracing::info!("berth-engine stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_documents_exactly_the_defaults() {
+        let parsed = BerthConfig::from_toml(include_str!("../../../berth.toml")).unwrap();
+        assert_eq!(
+            parsed,
+            BerthConfig::default(),
+            "berth.toml and the code's defaults disagree"
+        );
+    }
+
+    #[test]
+    fn config_errors_name_the_key() {
+        let e = BerthConfig::from_toml("[server]\nlisten = 5\n").unwrap_err();
+        assert!(e.contains("listen"), "{e}");
+        assert!(BerthConfig::from_toml("[engine]\nshardz = 1\n").is_err());
+    }
+}

@@ -1,0 +1,132 @@
+//! `berth.v1.Scheduler`: SelectDestinations (claims), Release, moves and Explain.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use berth_proto::v1 as pb;
+use berth_proto::v1::scheduler_server::Scheduler;
+use tonic::{Request, Response, Status};
+
+use super::convert::{request_spec, selection_pb, uuid};
+use super::status::to_status;
+use crate::Engine;
+
+/// Hosts `Explain` ranks at most.
+const EXPLAIN_LIMIT: usize = 50;
+
+/// The Scheduler service.
+pub struct SchedulerApi {
+    pub(crate) engine: Arc<Engine>,
+}
+
+type R<T> = Result<Response<T>, Status>;
+
+fn observe(start: Instant, op: &'static str) {
+    metrics::histogram!("berth_decision_seconds", "op" => op).record(start.elapsed().as_secs_f64());
+}
+
+#[tonic::async_trait]
+impl Scheduler for SchedulerApi {
+    async fn select_destinations(
+        &self,
+        req: Request<pb::SelectDestinationsRequest>,
+    ) -> R<pb::SelectDestinationsResponse> {
+        let spec = request_spec(req.into_inner().spec)?;
+        let start = Instant::now();
+        let result = self.engine.select_destinations(&spec);
+        observe(start, "select");
+        match result {
+            Ok(sels) => {
+                for s in &sels {
+                    tracing::info!(consumer = %s.consumer, host = %s.host.name, weight = s.weight, "claimed");
+                }
+                Ok(Response::new(pb::SelectDestinationsResponse {
+                    selections: sels.into_iter().map(selection_pb).collect(),
+                }))
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "no placement");
+                Err(to_status(e))
+            }
+        }
+    }
+
+    async fn release(&self, req: Request<pb::ReleaseRequest>) -> R<pb::ReleaseResponse> {
+        let c = uuid("consumer_uuid", &req.get_ref().consumer_uuid)?;
+        self.engine.release(&c).map_err(to_status)?;
+        tracing::info!(consumer = %c, "released");
+        Ok(Response::new(pb::ReleaseResponse {}))
+    }
+
+    async fn move_claim(&self, req: Request<pb::MoveClaimRequest>) -> R<pb::MoveClaimResponse> {
+        let r = req.into_inner();
+        let c = uuid("consumer_uuid", &r.consumer_uuid)?;
+        let spec = request_spec(r.spec)?;
+        let start = Instant::now();
+        let result = self.engine.move_claim(&c, &spec, r.allow_same_host);
+        observe(start, "move");
+        let sel = result.map_err(to_status)?;
+        tracing::info!(consumer = %c, host = %sel.host.name, "move claimed");
+        Ok(Response::new(pb::MoveClaimResponse {
+            selection: Some(selection_pb(sel)),
+        }))
+    }
+
+    async fn confirm_move(
+        &self,
+        req: Request<pb::ConfirmMoveRequest>,
+    ) -> R<pb::ConfirmMoveResponse> {
+        let c = uuid("consumer_uuid", &req.get_ref().consumer_uuid)?;
+        self.engine.confirm_move(&c).map_err(to_status)?;
+        tracing::info!(consumer = %c, "move confirmed");
+        Ok(Response::new(pb::ConfirmMoveResponse {}))
+    }
+
+    async fn revert_move(&self, req: Request<pb::RevertMoveRequest>) -> R<pb::RevertMoveResponse> {
+        let c = uuid("consumer_uuid", &req.get_ref().consumer_uuid)?;
+        self.engine.revert_move(&c).map_err(to_status)?;
+        tracing::info!(consumer = %c, "move reverted");
+        Ok(Response::new(pb::RevertMoveResponse {}))
+    }
+
+    async fn explain(&self, req: Request<pb::ExplainRequest>) -> R<pb::ExplainResponse> {
+        let spec = request_spec(req.into_inner().spec)?;
+        let start = Instant::now();
+        let e = self
+            .engine
+            .explain(&spec, EXPLAIN_LIMIT)
+            .map_err(to_status)?;
+        observe(start, "explain");
+        Ok(Response::new(pb::ExplainResponse {
+            hosts_considered: e.hosts,
+            summary: e.summary(),
+            rejections: e
+                .rejections
+                .iter()
+                .map(|(f, n)| pb::FilterRejection {
+                    filter: f.clone(),
+                    hosts: *n,
+                })
+                .collect(),
+            ranked_hosts: e
+                .ranked
+                .into_iter()
+                .map(|h| pb::RankedHost {
+                    host_uuid: h.host.uuid.to_string(),
+                    host_name: h.host.name,
+                    total_weight: h.weight,
+                    contributions: h
+                        .contributions
+                        .into_iter()
+                        .map(|c| pb::WeigherContribution {
+                            weigher: c.weigher.to_string(),
+                            raw: c.raw,
+                            normalized: c.normalized,
+                            weighted: c.weighted,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }))
+    }
+}
