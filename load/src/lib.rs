@@ -3,9 +3,13 @@
 //!
 //! Scenarios: `flat-1k` / `flat-10k` (SelectDestinations + Release cycles, mixed flavors),
 //! `fill-1k` (place until no valid host; report utilisation per class reached — packing
-//! efficiency — and the first rejection reasons). Any `flat-N` / `fill-N` works.
+//! efficiency — and the first rejection reasons), `groups-10k` (place `--count` instances
+//! and keep them: a quarter pinned to an AZ, a tenth in anti-affinity groups of 5, some in
+//! soft-anti-affinity and affinity groups; the audit checks every group policy). Any
+//! `flat-N` / `fill-N` / `groups-N` works.
 
 mod engine_proc;
+mod groups;
 mod report;
 
 use std::collections::BTreeMap;
@@ -66,6 +70,8 @@ pub enum Scenario {
     Flat(usize),
     /// Place until no valid host on N hosts.
     Fill(usize),
+    /// Place `--count` instances with AZs and server groups, keep them, audit the groups.
+    Groups(usize),
 }
 
 impl Scenario {
@@ -85,14 +91,15 @@ impl Scenario {
         match kind {
             "flat" => Ok(Self::Flat(hosts)),
             "fill" => Ok(Self::Fill(hosts)),
+            "groups" => Ok(Self::Groups(hosts)),
             _ => Err(format!(
-                "scenario {s:?}: unknown kind {kind:?} (flat, fill)"
+                "scenario {s:?}: unknown kind {kind:?} (flat, fill, groups)"
             )),
         }
     }
     fn hosts(self) -> usize {
         match self {
-            Self::Flat(n) | Self::Fill(n) => n,
+            Self::Flat(n) | Self::Fill(n) | Self::Groups(n) => n,
         }
     }
 }
@@ -140,12 +147,16 @@ pub async fn run(args: Args) -> Result<Report, String> {
     let mut report = match scenario {
         Scenario::Flat(_) => run_flat(&channels, &args, &run_id).await?,
         Scenario::Fill(_) => run_fill(&channels, &args, &run_id).await?,
+        Scenario::Groups(_) => groups::run(&channels, &args, &run_id).await?,
     };
     report.scenario = args.scenario.clone();
     report.hosts = scenario.hosts();
     report.clients = args.clients;
     report.setup_seconds = setup.as_secs_f64();
     report.audit = audit(&channels[0], &run_id).await?;
+    if matches!(scenario, Scenario::Groups(_)) {
+        report.audit.group_violations = Some(groups::audit(&channels[0], &run_id).await?);
+    }
     if let Some(p) = &spawned {
         report.engine_cpu_seconds = Some(p.cpu_seconds() - cpu_before);
         report.engine_peak_rss_mb = p.peak_rss_mb();
@@ -227,7 +238,7 @@ async fn build_cloud(
     Ok(())
 }
 
-fn spec(flavor: &str, run_id: &str) -> pb::RequestSpec {
+pub(crate) fn spec(flavor: &str, run_id: &str) -> pb::RequestSpec {
     pb::RequestSpec {
         flavor: Some(flavor.to_string()),
         member_of: vec![pb::AggregateSet {
@@ -242,14 +253,14 @@ fn spec(flavor: &str, run_id: &str) -> pb::RequestSpec {
 
 /// Latency recorders and counters shared by the clients.
 #[derive(Default)]
-struct Tally {
-    claims: AtomicU64,
-    releases: AtomicU64,
-    errors: parking::Mutex<BTreeMap<String, u64>>,
-    first_rejection: parking::Mutex<Option<String>>,
+pub(crate) struct Tally {
+    pub(crate) claims: AtomicU64,
+    pub(crate) releases: AtomicU64,
+    pub(crate) errors: parking::Mutex<BTreeMap<String, u64>>,
+    pub(crate) first_rejection: parking::Mutex<Option<String>>,
 }
 
-mod parking {
+pub(crate) mod parking {
     //! A std mutex that shrugs off poisoning: a panicked client must not hide the report.
     pub struct Mutex<T>(std::sync::Mutex<T>);
     impl<T: Default> Default for Mutex<T> {
@@ -266,7 +277,7 @@ mod parking {
     }
 }
 
-fn code_name(s: &tonic::Status) -> String {
+pub(crate) fn code_name(s: &tonic::Status) -> String {
     format!("{:?}", s.code())
 }
 
@@ -372,7 +383,7 @@ async fn run_flat(channels: &[Channel], args: &Args, run_id: &str) -> Result<Rep
     })
 }
 
-fn tally_claims(t: &Arc<Tally>) -> impl Fn() -> u64 + Send + 'static {
+pub(crate) fn tally_claims(t: &Arc<Tally>) -> impl Fn() -> u64 + Send + 'static {
     let t = t.clone();
     move || t.claims.load(Ordering::Relaxed)
 }

@@ -64,6 +64,8 @@ pub struct Audit {
     pub live_instances: u64,
     /// used / capacity per class over this run's providers.
     pub utilisation: BTreeMap<String, f64>,
+    /// Groups whose hard policy is broken (groups scenario only). Must be 0.
+    pub group_violations: Option<u64>,
 }
 
 /// A run's results.
@@ -108,7 +110,10 @@ impl Report {
             .iter()
             .filter(|(k, _)| !k.ends_with("ResourceExhausted"))
             .count();
-        self.audit.overcommits == 0 && self.audit.usage_mismatches == 0 && unexpected == 0
+        self.audit.overcommits == 0
+            && self.audit.usage_mismatches == 0
+            && self.audit.group_violations.unwrap_or(0) == 0
+            && unexpected == 0
     }
 
     /// Prints a human table, or JSON.
@@ -165,6 +170,9 @@ impl Report {
             a.live_instances,
             if self.ok() { "OK" } else { "FAILED" }
         );
+        if let Some(v) = a.group_violations {
+            println!("  groups      {v} policy violations");
+        }
         if let Some(cpu) = self.engine_cpu_seconds {
             println!(
                 "  engine      {cpu:.2} CPU-s ({:.0}% of one core)",

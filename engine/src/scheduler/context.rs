@@ -74,6 +74,23 @@ impl HostSet {
     }
 }
 
+/// Members per host of `g`, not counting the memberships of `own` (the consumer a move is
+/// placing: its presence on its source host must not count against it, as the claim's
+/// re-check `group_allows` and Nova's group filters agree). New instances are not members
+/// yet, so for them this is every member.
+fn others_hosts(g: &GroupState, own: &[Uuid]) -> HostSet {
+    let mut v: Vec<(HostRef, u32)> = g.hosts.iter().map(|(h, n)| (*h, *n)).collect();
+    for hs in own.iter().filter_map(|u| g.members.get(u)) {
+        for h in hs {
+            if let Some(e) = v.iter_mut().find(|(x, _)| x == h) {
+                e.1 = e.1.saturating_sub(1);
+            }
+        }
+    }
+    v.retain(|(_, n)| *n > 0);
+    HostSet::from_pairs(v)
+}
+
 /// The request's server group, resolved.
 #[derive(Debug, Clone)]
 pub struct GroupContext {
@@ -102,6 +119,8 @@ pub struct RequestContext {
     pub required_traits: Bits,
     /// Traits the host must not have.
     pub forbidden_traits: Bits,
+    /// A required trait that no provider has: no host can pass.
+    pub unknown_required_trait: bool,
     /// Each entry: the host must be in one of these aggregates.
     pub member_of: Vec<Bits>,
     /// The host must be in none of these.
@@ -235,6 +254,7 @@ impl RequestContext {
             .transpose()?;
         let mut required_traits = Bits::new();
         let mut forbidden_traits = Bits::new();
+        let mut unknown_required_trait = false;
         {
             let traits = engine.traits.read();
             let req = spec
@@ -253,10 +273,12 @@ impl RequestContext {
                 );
             for (i, (t, field)) in req.enumerate() {
                 validate_trait(&format!("{field}[{i}]"), t)?;
-                let id = traits.get(t).ok_or_else(|| {
-                    EngineError::invalid(field, format!("no provider has trait {t}"))
-                })?;
-                set_bit(&mut required_traits, id);
+                // A trait no provider has yet is not an error: no host passes, and the
+                // Traits filter says so (a dry run then explains instead of failing).
+                match traits.get(t) {
+                    Some(id) => set_bit(&mut required_traits, id),
+                    None => unknown_required_trait = true,
+                }
             }
             let forb = spec
                 .forbidden_traits
@@ -374,7 +396,7 @@ impl RequestContext {
                         s.id,
                         s.policy,
                         s.max_per_host,
-                        HostSet::from_pairs(s.hosts.iter().map(|(h, n)| (*h, *n)).collect()),
+                        others_hosts(&s, &instance_uuids),
                     )
                 };
                 Some(GroupContext {
@@ -427,6 +449,7 @@ impl RequestContext {
             resources,
             required_traits,
             forbidden_traits,
+            unknown_required_trait,
             member_of,
             forbidden_aggregates,
             az,
@@ -448,7 +471,8 @@ impl RequestContext {
         })
     }
 
-    /// Re-reads the group's hosts (between the instances of one request).
+    /// Re-reads the group's hosts (between the instances of one request: the ones already
+    /// placed count against the next, so every member counts).
     pub fn refresh_group(&mut self) {
         if let Some(g) = &mut self.group {
             let s = g.state.lock();

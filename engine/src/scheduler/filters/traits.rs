@@ -14,7 +14,9 @@ impl Filter for Traits {
         "Traits"
     }
     fn active(&self, ctx: &RequestContext) -> bool {
-        !ctx.required_traits.is_empty() || !ctx.forbidden_traits.is_empty()
+        !ctx.required_traits.is_empty()
+            || !ctx.forbidden_traits.is_empty()
+            || ctx.unknown_required_trait
     }
     fn filter(
         &self,
@@ -25,9 +27,10 @@ impl Filter for Traits {
         rej: &mut Rejections,
     ) {
         let (req, forb) = (&ctx.required_traits[..], &ctx.forbidden_traits[..]);
+        let possible = !ctx.unknown_required_trait;
         retain(alive, s.slots(), Reason::Filter(self.name()), rej, |i| {
             let row = s.trait_row(i);
-            has_all(row, req) && !has_any(row, forb)
+            possible && has_all(row, req) && !has_any(row, forb)
         });
     }
 }

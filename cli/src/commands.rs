@@ -1,0 +1,1012 @@
+//! Runs a parsed command against the engine: builds the requests, calls the three
+//! services, follows pages, and turns the answers into [`Output`] views.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use berth_proto::v1 as pb;
+use berth_proto::v1::catalog_client::CatalogClient;
+use berth_proto::v1::placement_client::PlacementClient;
+use berth_proto::v1::scheduler_client::SchedulerClient;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use crate::args::{
+    AggregateCommand, AllocationCommand, Cli, Command, FlavorCommand, GroupCommand, HostCommand,
+    ImageCommand, InventoryCommand, InventorySpec, Policy, ScheduleArgs, TraitCommand, UsageArgs,
+    check_distinct_classes,
+};
+use crate::error::{CliError, chain};
+use crate::output::{
+    AggregatesView, AllocationView, ConsumerView, DeletedView, ExplainView, FlavorView, GroupView,
+    HostUsageView, HostView, ImageView, InventoriesView, InventoryView, Output, ProjectUsageView,
+    SelectionView, TraitsView,
+};
+
+/// Attempts of a read-generation-then-replace write before a conflict is reported.
+const WRITE_ATTEMPTS: usize = 3;
+/// Pages fetched per list call.
+const PAGE_SIZE: u32 = 500;
+
+/// Normalises `--engine`: adds `http://` when no scheme is given; rejects `https://`
+/// (this build has no TLS) and anything that is not a URI.
+pub fn engine_url(raw: &str) -> Result<String, CliError> {
+    let url = if raw.contains("://") {
+        raw.to_owned()
+    } else {
+        format!("http://{raw}")
+    };
+    if url.starts_with("https://") {
+        return Err(CliError::Usage(format!(
+            "--engine {raw}: TLS is not supported; use an http:// URL"
+        )));
+    }
+    if !url.starts_with("http://") {
+        return Err(CliError::Usage(format!(
+            "--engine {raw}: expected an http:// URL such as http://127.0.0.1:50051"
+        )));
+    }
+    Endpoint::from_shared(url.clone())
+        .map_err(|e| CliError::Usage(format!("--engine {raw}: {}", chain(&e))))?;
+    Ok(url)
+}
+
+/// Clients of the three services over one channel.
+#[derive(Debug, Clone)]
+pub struct Clients {
+    url: String,
+    placement: PlacementClient<Channel>,
+    scheduler: SchedulerClient<Channel>,
+    catalog: CatalogClient<Channel>,
+}
+
+impl Clients {
+    /// Connects to `url` (already normalised by [`engine_url`]); a failure is
+    /// [`CliError::Unreachable`].
+    pub async fn connect(url: &str, timeout: Duration) -> Result<Self, CliError> {
+        let endpoint = Endpoint::from_shared(url.to_owned())
+            .map_err(|e| CliError::Usage(format!("--engine {url}: {}", chain(&e))))?
+            .connect_timeout(timeout)
+            .timeout(timeout);
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| CliError::Unreachable {
+                url: url.to_owned(),
+                reason: chain(&e),
+            })?;
+        Ok(Self {
+            url: url.to_owned(),
+            placement: PlacementClient::new(channel.clone()),
+            scheduler: SchedulerClient::new(channel.clone()),
+            catalog: CatalogClient::new(channel),
+        })
+    }
+
+    fn fail(&self, status: Status) -> CliError {
+        CliError::from_status(status, &self.url)
+    }
+}
+
+/// Runs the command. The caller prints the result.
+pub async fn execute(cli: &Cli) -> Result<Output, CliError> {
+    let url = engine_url(&cli.engine)?;
+    // Checks that need no engine come first, so a bad command line is exit 2 even when
+    // the engine is down.
+    precheck(&cli.command)?;
+    let mut c = Clients::connect(&url, Duration::from_secs(cli.timeout)).await?;
+    let result = dispatch(&mut c, &cli.command).await;
+    result.map_err(|e| match e {
+        CliError::Rpc(status) => c.fail(status),
+        other => other,
+    })
+}
+
+/// Command-line checks that clap cannot express.
+pub fn precheck(cmd: &Command) -> Result<(), CliError> {
+    match cmd {
+        Command::Inventory(InventoryCommand::Set(a)) => {
+            check_distinct_classes(&a.specs).map_err(CliError::Usage)
+        }
+        Command::Host(HostCommand::Create(a)) => {
+            check_distinct_classes(&a.inventories).map_err(CliError::Usage)
+        }
+        Command::Group(GroupCommand::Create(a))
+            if a.max_per_host.is_some() && a.policy != Policy::AntiAffinity =>
+        {
+            Err(CliError::Usage(
+                "--max-per-host only applies to --policy anti-affinity".into(),
+            ))
+        }
+        Command::Schedule(a)
+            if !a.instance_uuid.is_empty()
+                && a.count != 1
+                && a.count as usize != a.instance_uuid.len() =>
+        {
+            Err(CliError::Usage(format!(
+                "--count {} but {} --instance-uuid given; they must match",
+                a.count,
+                a.instance_uuid.len()
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+async fn dispatch(c: &mut Clients, cmd: &Command) -> Result<Output, CliError> {
+    match cmd {
+        Command::Host(h) => host(c, h).await,
+        Command::Inventory(i) => inventory(c, i).await,
+        Command::Trait(t) => traits(c, t).await,
+        Command::Aggregate(a) => aggregates(c, a).await,
+        Command::Flavor(f) => flavor(c, f).await,
+        Command::Image(i) => image(c, i).await,
+        Command::Group(g) => group(c, g).await,
+        Command::Schedule(s) => schedule(c, s).await,
+        Command::Allocation(a) => allocation(c, a).await,
+        Command::Usage(u) => usage(c, u).await,
+    }
+}
+
+// ---- helpers -----------------------------------------------------------------------------
+
+/// Follows `next_page_token` until the last page. `fetch(token)` returns one page's items
+/// and the next token. A server that hands back a token it already gave is an error, not
+/// an endless loop.
+async fn all_pages<T, F, Fut>(mut fetch: F) -> Result<Vec<T>, CliError>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<T>, String), Status>>,
+{
+    let mut out = Vec::new();
+    let mut token = String::new();
+    let mut seen = std::collections::HashSet::new();
+    loop {
+        let (items, next) = fetch(token).await?;
+        out.extend(items);
+        if next.is_empty() {
+            return Ok(out);
+        }
+        if !seen.insert(next.clone()) {
+            return Err(Status::internal(format!(
+                "engine returned page token {next:?} twice; stopping"
+            ))
+            .into());
+        }
+        token = next;
+    }
+}
+
+/// A host argument to a provider UUID: a UUID is taken as is (normalised); anything else
+/// is looked up as a name.
+async fn resolve_host(c: &mut Clients, host: &str) -> Result<String, CliError> {
+    if let Ok(u) = uuid::Uuid::parse_str(host) {
+        return Ok(u.hyphenated().to_string());
+    }
+    let resp = c
+        .placement
+        .list_resource_providers(pb::ListResourceProvidersRequest {
+            name: host.to_owned(),
+            page_size: 1,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    resp.providers
+        .into_iter()
+        .next()
+        .map(|p| p.uuid)
+        .ok_or_else(|| Status::not_found(format!("no host with UUID or name '{host}'")).into())
+}
+
+fn inventory_to_proto(s: &InventorySpec) -> pb::Inventory {
+    pb::Inventory {
+        resource_class: s.class.clone(),
+        total: s.total,
+        reserved: s.reserved.unwrap_or(0),
+        min_unit: s.min_unit.unwrap_or(0),
+        max_unit: s.max_unit.unwrap_or(0),
+        step_size: s.step_size.unwrap_or(0),
+        allocation_ratio: s.ratio.unwrap_or(0.0),
+    }
+}
+
+/// The inventory list to send: the specs alone, or with `amend` the current inventory with
+/// each named class replaced (or added).
+pub fn merge_inventories(
+    current: &[pb::Inventory],
+    specs: &[InventorySpec],
+    amend: bool,
+) -> Vec<pb::Inventory> {
+    let mut out: Vec<pb::Inventory> = if amend {
+        current
+            .iter()
+            .filter(|i| !specs.iter().any(|s| s.class == i.resource_class))
+            .cloned()
+            .collect()
+    } else {
+        Vec::new()
+    };
+    out.extend(specs.iter().map(inventory_to_proto));
+    out.sort_by(|a, b| a.resource_class.cmp(&b.resource_class));
+    out
+}
+
+/// Runs `attempt` up to [`WRITE_ATTEMPTS`] times while it fails with ABORTED (a
+/// generation conflict: someone wrote the provider between our read and our write).
+async fn retry_on_conflict<T, F, Fut>(mut attempt: F) -> Result<T, CliError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Status>>,
+{
+    let mut n = 1;
+    loop {
+        match attempt().await {
+            Err(s) if s.code() == Code::Aborted && n < WRITE_ATTEMPTS => n += 1,
+            Err(s) if s.code() == Code::Aborted => {
+                return Err(Status::aborted(format!(
+                    "{} (gave up after {WRITE_ATTEMPTS} attempts: the host keeps changing)",
+                    s.message()
+                ))
+                .into());
+            }
+            other => return other.map_err(Into::into),
+        }
+    }
+}
+
+fn to_amounts(resources: &[crate::args::ResourceArg]) -> Vec<pb::ResourceAmount> {
+    resources
+        .iter()
+        .map(|r| pb::ResourceAmount {
+            resource_class: r.class.clone(),
+            amount: r.amount,
+        })
+        .collect()
+}
+
+fn opt(s: &Option<String>) -> String {
+    s.clone().unwrap_or_default()
+}
+
+// ---- host --------------------------------------------------------------------------------
+
+async fn host(c: &mut Clients, cmd: &HostCommand) -> Result<Output, CliError> {
+    match cmd {
+        HostCommand::List(a) => {
+            let req = pb::ListResourceProvidersRequest {
+                name: opt(&a.name),
+                availability_zone: opt(&a.az),
+                required_traits: a.traits.clone(),
+                member_of: a.member_of.clone(),
+                resources: to_amounts(&a.resource),
+                page_size: PAGE_SIZE,
+                page_token: String::new(),
+            };
+            let placement = c.placement.clone();
+            let hosts = all_pages(|token| {
+                let mut p = placement.clone();
+                let mut req = req.clone();
+                req.page_token = token;
+                async move {
+                    let r = p.list_resource_providers(req).await?.into_inner();
+                    Ok((r.providers, r.next_page_token))
+                }
+            })
+            .await?;
+            Ok(Output::Hosts(
+                hosts.into_iter().map(HostView::from).collect(),
+            ))
+        }
+        HostCommand::Show { host } => {
+            let uuid = resolve_host(c, host).await?;
+            Ok(Output::Host(Box::new(get_host(c, &uuid).await?)))
+        }
+        HostCommand::Create(a) => {
+            let resp = c
+                .placement
+                .create_resource_provider(pb::CreateResourceProviderRequest {
+                    uuid: opt(&a.uuid),
+                    name: a.name.clone(),
+                    availability_zone: opt(&a.az),
+                    traits: a.traits.clone(),
+                    aggregates: a.aggregates.clone(),
+                    inventories: merge_inventories(&[], &a.inventories, false),
+                    capabilities: a.capabilities.iter().cloned().collect(),
+                    arch: opt(&a.arch),
+                    hypervisor_type: opt(&a.hypervisor_type),
+                    hypervisor_version: opt(&a.hypervisor_version),
+                })
+                .await?
+                .into_inner();
+            let p = resp
+                .provider
+                .ok_or_else(|| Status::internal("CreateResourceProvider returned no provider"))?;
+            Ok(Output::Host(Box::new(p.into())))
+        }
+        HostCommand::Delete { host } => {
+            let uuid = resolve_host(c, host).await?;
+            c.placement
+                .delete_resource_provider(pb::DeleteResourceProviderRequest { uuid: uuid.clone() })
+                .await?;
+            Ok(Output::Deleted(DeletedView {
+                deleted: "host",
+                id: uuid,
+            }))
+        }
+    }
+}
+
+async fn get_host(c: &mut Clients, uuid: &str) -> Result<HostView, CliError> {
+    let p = c
+        .placement
+        .get_resource_provider(pb::GetResourceProviderRequest {
+            uuid: uuid.to_owned(),
+        })
+        .await?
+        .into_inner()
+        .provider
+        .ok_or_else(|| Status::internal("GetResourceProvider returned no provider"))?;
+    Ok(p.into())
+}
+
+// ---- inventory / traits / aggregates -----------------------------------------------------
+
+async fn inventory(c: &mut Clients, cmd: &InventoryCommand) -> Result<Output, CliError> {
+    match cmd {
+        InventoryCommand::Set(a) => {
+            let uuid = resolve_host(c, &a.host).await?;
+            let placement = c.placement.clone();
+            let resp = retry_on_conflict(|| {
+                let mut p = placement.clone();
+                let uuid = uuid.clone();
+                async move {
+                    let cur = p
+                        .get_inventories(pb::GetInventoriesRequest { uuid: uuid.clone() })
+                        .await?
+                        .into_inner();
+                    let inventories = merge_inventories(&cur.inventories, &a.specs, a.amend);
+                    p.replace_inventories(pb::ReplaceInventoriesRequest {
+                        uuid,
+                        generation: cur.generation,
+                        inventories,
+                    })
+                    .await
+                    .map(tonic::Response::into_inner)
+                }
+            })
+            .await?;
+            Ok(Output::Inventories(InventoriesView {
+                host_uuid: uuid,
+                generation: resp.generation,
+                inventories: resp.inventories.iter().map(InventoryView::from).collect(),
+                usages: Vec::new(),
+            }))
+        }
+        InventoryCommand::Show { host } => {
+            let uuid = resolve_host(c, host).await?;
+            let h = get_host(c, &uuid).await?;
+            Ok(Output::Inventories(InventoriesView {
+                host_uuid: h.uuid,
+                generation: h.generation,
+                inventories: h.inventories,
+                usages: h.usages,
+            }))
+        }
+    }
+}
+
+async fn traits(c: &mut Clients, cmd: &TraitCommand) -> Result<Output, CliError> {
+    match cmd {
+        TraitCommand::Set {
+            host,
+            traits,
+            clear,
+        } => {
+            let uuid = resolve_host(c, host).await?;
+            let new: Vec<String> = if *clear { Vec::new() } else { traits.clone() };
+            let placement = c.placement.clone();
+            let resp = retry_on_conflict(|| {
+                let mut p = placement.clone();
+                let uuid = uuid.clone();
+                let new = new.clone();
+                async move {
+                    let cur = p
+                        .get_traits(pb::GetTraitsRequest { uuid: uuid.clone() })
+                        .await?
+                        .into_inner();
+                    p.replace_traits(pb::ReplaceTraitsRequest {
+                        uuid,
+                        generation: cur.generation,
+                        traits: new,
+                    })
+                    .await
+                    .map(tonic::Response::into_inner)
+                }
+            })
+            .await?;
+            Ok(Output::Traits(TraitsView {
+                host_uuid: uuid,
+                generation: resp.generation,
+                traits: resp.traits,
+            }))
+        }
+        TraitCommand::Show { host } => {
+            let uuid = resolve_host(c, host).await?;
+            let r = c
+                .placement
+                .get_traits(pb::GetTraitsRequest { uuid: uuid.clone() })
+                .await?
+                .into_inner();
+            Ok(Output::Traits(TraitsView {
+                host_uuid: uuid,
+                generation: r.generation,
+                traits: r.traits,
+            }))
+        }
+        TraitCommand::List { prefix } => {
+            let r = c
+                .placement
+                .list_traits(pb::ListTraitsRequest {
+                    prefix: prefix.clone(),
+                })
+                .await?
+                .into_inner();
+            Ok(Output::TraitNames(r.traits))
+        }
+    }
+}
+
+async fn aggregates(c: &mut Clients, cmd: &AggregateCommand) -> Result<Output, CliError> {
+    match cmd {
+        AggregateCommand::Set {
+            host,
+            aggregates,
+            clear,
+        } => {
+            let uuid = resolve_host(c, host).await?;
+            let new: Vec<String> = if *clear {
+                Vec::new()
+            } else {
+                aggregates.clone()
+            };
+            let placement = c.placement.clone();
+            let resp = retry_on_conflict(|| {
+                let mut p = placement.clone();
+                let uuid = uuid.clone();
+                let new = new.clone();
+                async move {
+                    let cur = p
+                        .get_aggregates(pb::GetAggregatesRequest { uuid: uuid.clone() })
+                        .await?
+                        .into_inner();
+                    p.replace_aggregates(pb::ReplaceAggregatesRequest {
+                        uuid,
+                        generation: cur.generation,
+                        aggregates: new,
+                    })
+                    .await
+                    .map(tonic::Response::into_inner)
+                }
+            })
+            .await?;
+            Ok(Output::Aggregates(AggregatesView {
+                host_uuid: uuid,
+                generation: resp.generation,
+                aggregates: resp.aggregates,
+            }))
+        }
+        AggregateCommand::Show { host } => {
+            let uuid = resolve_host(c, host).await?;
+            let r = c
+                .placement
+                .get_aggregates(pb::GetAggregatesRequest { uuid: uuid.clone() })
+                .await?
+                .into_inner();
+            Ok(Output::Aggregates(AggregatesView {
+                host_uuid: uuid,
+                generation: r.generation,
+                aggregates: r.aggregates,
+            }))
+        }
+    }
+}
+
+// ---- catalog -----------------------------------------------------------------------------
+
+async fn flavor(c: &mut Clients, cmd: &FlavorCommand) -> Result<Output, CliError> {
+    match cmd {
+        FlavorCommand::Create(a) => {
+            let f = c
+                .catalog
+                .create_flavor(pb::CreateFlavorRequest {
+                    id: opt(&a.id),
+                    name: a.name.clone(),
+                    vcpus: a.vcpus,
+                    ram_mb: a.ram,
+                    disk_gb: a.disk,
+                    extra_specs: a.properties.iter().cloned().collect(),
+                })
+                .await?
+                .into_inner()
+                .flavor
+                .ok_or_else(|| Status::internal("CreateFlavor returned no flavor"))?;
+            Ok(Output::Flavor(f.into()))
+        }
+        FlavorCommand::List => {
+            let catalog = c.catalog.clone();
+            let fs = all_pages(|token| {
+                let mut cc = catalog.clone();
+                async move {
+                    let r = cc
+                        .list_flavors(pb::ListFlavorsRequest {
+                            page_size: PAGE_SIZE,
+                            page_token: token,
+                        })
+                        .await?
+                        .into_inner();
+                    Ok((r.flavors, r.next_page_token))
+                }
+            })
+            .await?;
+            Ok(Output::Flavors(
+                fs.into_iter().map(FlavorView::from).collect(),
+            ))
+        }
+        FlavorCommand::Show { flavor } => {
+            let f = c
+                .catalog
+                .get_flavor(pb::GetFlavorRequest { id: flavor.clone() })
+                .await?
+                .into_inner()
+                .flavor
+                .ok_or_else(|| Status::internal("GetFlavor returned no flavor"))?;
+            Ok(Output::Flavor(f.into()))
+        }
+        FlavorCommand::Delete { flavor } => {
+            c.catalog
+                .delete_flavor(pb::DeleteFlavorRequest { id: flavor.clone() })
+                .await?;
+            Ok(Output::Deleted(DeletedView {
+                deleted: "flavor",
+                id: flavor.clone(),
+            }))
+        }
+    }
+}
+
+async fn image(c: &mut Clients, cmd: &ImageCommand) -> Result<Output, CliError> {
+    match cmd {
+        ImageCommand::Create(a) => {
+            let i = c
+                .catalog
+                .create_image(pb::CreateImageRequest {
+                    id: opt(&a.id),
+                    name: a.name.clone(),
+                    properties: a.properties.iter().cloned().collect(),
+                })
+                .await?
+                .into_inner()
+                .image
+                .ok_or_else(|| Status::internal("CreateImage returned no image"))?;
+            Ok(Output::Image(i.into()))
+        }
+        ImageCommand::List => {
+            let catalog = c.catalog.clone();
+            let is = all_pages(|token| {
+                let mut cc = catalog.clone();
+                async move {
+                    let r = cc
+                        .list_images(pb::ListImagesRequest {
+                            page_size: PAGE_SIZE,
+                            page_token: token,
+                        })
+                        .await?
+                        .into_inner();
+                    Ok((r.images, r.next_page_token))
+                }
+            })
+            .await?;
+            Ok(Output::Images(
+                is.into_iter().map(ImageView::from).collect(),
+            ))
+        }
+        ImageCommand::Show { image } => {
+            let i = c
+                .catalog
+                .get_image(pb::GetImageRequest { id: image.clone() })
+                .await?
+                .into_inner()
+                .image
+                .ok_or_else(|| Status::internal("GetImage returned no image"))?;
+            Ok(Output::Image(i.into()))
+        }
+        ImageCommand::Delete { image } => {
+            c.catalog
+                .delete_image(pb::DeleteImageRequest { id: image.clone() })
+                .await?;
+            Ok(Output::Deleted(DeletedView {
+                deleted: "image",
+                id: image.clone(),
+            }))
+        }
+    }
+}
+
+/// The wire value of a CLI policy.
+pub fn policy_to_proto(p: Policy) -> pb::ServerGroupPolicy {
+    match p {
+        Policy::Affinity => pb::ServerGroupPolicy::Affinity,
+        Policy::AntiAffinity => pb::ServerGroupPolicy::AntiAffinity,
+        Policy::SoftAffinity => pb::ServerGroupPolicy::SoftAffinity,
+        Policy::SoftAntiAffinity => pb::ServerGroupPolicy::SoftAntiAffinity,
+    }
+}
+
+async fn group(c: &mut Clients, cmd: &GroupCommand) -> Result<Output, CliError> {
+    match cmd {
+        GroupCommand::Create(a) => {
+            let g = c
+                .catalog
+                .create_server_group(pb::CreateServerGroupRequest {
+                    id: opt(&a.id),
+                    name: a.name.clone(),
+                    policy: policy_to_proto(a.policy).into(),
+                    max_server_per_host: a.max_per_host.unwrap_or(0),
+                    project_id: a.project.clone(),
+                })
+                .await?
+                .into_inner()
+                .server_group
+                .ok_or_else(|| Status::internal("CreateServerGroup returned no group"))?;
+            Ok(Output::Group(g.into()))
+        }
+        GroupCommand::List => {
+            let catalog = c.catalog.clone();
+            let gs = all_pages(|token| {
+                let mut cc = catalog.clone();
+                async move {
+                    let r = cc
+                        .list_server_groups(pb::ListServerGroupsRequest {
+                            page_size: PAGE_SIZE,
+                            page_token: token,
+                        })
+                        .await?
+                        .into_inner();
+                    Ok((r.server_groups, r.next_page_token))
+                }
+            })
+            .await?;
+            Ok(Output::Groups(
+                gs.into_iter().map(GroupView::from).collect(),
+            ))
+        }
+        GroupCommand::Show { group } => {
+            let g = c
+                .catalog
+                .get_server_group(pb::GetServerGroupRequest { id: group.clone() })
+                .await?
+                .into_inner()
+                .server_group
+                .ok_or_else(|| Status::internal("GetServerGroup returned no group"))?;
+            Ok(Output::Group(g.into()))
+        }
+        GroupCommand::Delete { group } => {
+            c.catalog
+                .delete_server_group(pb::DeleteServerGroupRequest { id: group.clone() })
+                .await?;
+            Ok(Output::Deleted(DeletedView {
+                deleted: "group",
+                id: group.clone(),
+            }))
+        }
+    }
+}
+
+// ---- schedule ----------------------------------------------------------------------------
+
+/// The RequestSpec for `berth schedule`.
+pub fn request_spec(a: &ScheduleArgs) -> pb::RequestSpec {
+    pb::RequestSpec {
+        flavor: a.flavor.clone(),
+        resources: to_amounts(&a.resources),
+        required_traits: a.require_trait.clone(),
+        forbidden_traits: a.forbid_trait.clone(),
+        member_of: a
+            .member_of
+            .iter()
+            .map(|set| pb::AggregateSet {
+                aggregates: set.clone(),
+            })
+            .collect(),
+        forbidden_aggregates: a.forbid_aggregate.clone(),
+        availability_zone: opt(&a.az),
+        group: opt(&a.group),
+        image: opt(&a.image),
+        num_instances: if a.instance_uuid.is_empty() {
+            a.count
+        } else {
+            0
+        },
+        instance_uuids: a.instance_uuid.clone(),
+        ignore_hosts: a.ignore_host.clone(),
+        force_hosts: a.force_host.clone(),
+        same_host: Vec::new(),
+        different_host: Vec::new(),
+        project_id: a.project.clone(),
+        user_id: a.user.clone(),
+    }
+}
+
+async fn schedule(c: &mut Clients, a: &ScheduleArgs) -> Result<Output, CliError> {
+    let spec = request_spec(a);
+    if a.dry_run {
+        let r = c
+            .scheduler
+            .explain(pb::ExplainRequest { spec: Some(spec) })
+            .await?
+            .into_inner();
+        return Ok(Output::Explain(ExplainView::from(r)));
+    }
+    let r = c
+        .scheduler
+        .select_destinations(pb::SelectDestinationsRequest { spec: Some(spec) })
+        .await?
+        .into_inner();
+    Ok(Output::Selections(
+        r.selections.into_iter().map(SelectionView::from).collect(),
+    ))
+}
+
+// ---- allocations / usage -----------------------------------------------------------------
+
+async fn allocation(c: &mut Clients, cmd: &AllocationCommand) -> Result<Output, CliError> {
+    match cmd {
+        AllocationCommand::Show { consumer } => {
+            let r = c
+                .placement
+                .get_allocations(pb::GetAllocationsRequest {
+                    consumer_uuid: consumer.clone(),
+                })
+                .await?
+                .into_inner();
+            let mut allocations: Vec<AllocationView> =
+                r.allocations.into_iter().map(Into::into).collect();
+            // Names make the table readable; a host deleted meanwhile just has none.
+            let mut names: HashMap<String, Option<String>> = HashMap::new();
+            for a in &mut allocations {
+                if !names.contains_key(&a.provider_uuid) {
+                    let name = match get_host(c, &a.provider_uuid).await {
+                        Ok(h) => Some(h.name),
+                        Err(CliError::Rpc(_)) => None,
+                        Err(e) => return Err(e),
+                    };
+                    names.insert(a.provider_uuid.clone(), name);
+                }
+                a.provider_name = names.get(&a.provider_uuid).cloned().flatten();
+            }
+            Ok(Output::Consumer(ConsumerView {
+                consumer_uuid: consumer.clone(),
+                consumer_generation: r.consumer_generation,
+                project_id: r.project_id,
+                user_id: r.user_id,
+                allocations,
+            }))
+        }
+        AllocationCommand::Delete { consumer, release } => {
+            if *release {
+                c.scheduler
+                    .release(pb::ReleaseRequest {
+                        consumer_uuid: consumer.clone(),
+                    })
+                    .await?;
+            } else {
+                c.placement
+                    .delete_allocations(pb::DeleteAllocationsRequest {
+                        consumer_uuid: consumer.clone(),
+                    })
+                    .await?;
+            }
+            Ok(Output::Deleted(DeletedView {
+                deleted: "allocation",
+                id: consumer.clone(),
+            }))
+        }
+    }
+}
+
+async fn usage(c: &mut Clients, a: &UsageArgs) -> Result<Output, CliError> {
+    if let Some(project) = &a.project {
+        let r = c
+            .placement
+            .get_project_usages(pb::GetProjectUsagesRequest {
+                project_id: project.clone(),
+                user_id: a.user.clone(),
+            })
+            .await?
+            .into_inner();
+        return Ok(Output::ProjectUsage(ProjectUsageView {
+            project_id: project.clone(),
+            user_id: a.user.clone(),
+            instances: r.instances,
+            usages: r
+                .usages
+                .into_iter()
+                .map(|u| (u.resource_class, u.amount))
+                .collect(),
+        }));
+    }
+    let placement = c.placement.clone();
+    let hosts = all_pages(|token| {
+        let mut p = placement.clone();
+        async move {
+            let r = p
+                .list_resource_providers(pb::ListResourceProvidersRequest {
+                    page_size: PAGE_SIZE,
+                    page_token: token,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            Ok((r.providers, r.next_page_token))
+        }
+    })
+    .await?;
+    let mut rows: Vec<HostUsageView> = hosts.into_iter().map(HostUsageView::from).collect();
+    rows.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Output::HostUsages(rows))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::args::parse_inventory;
+    use clap::Parser;
+
+    #[test]
+    fn engine_urls_are_normalised() {
+        assert_eq!(
+            engine_url("127.0.0.1:50051").unwrap(),
+            "http://127.0.0.1:50051"
+        );
+        assert_eq!(engine_url("http://h:1").unwrap(), "http://h:1");
+        assert_eq!(engine_url("https://h:1").unwrap_err().exit_code(), 2);
+        assert_eq!(engine_url("ftp://h:1").unwrap_err().exit_code(), 2);
+        assert_eq!(engine_url("http://bad host").unwrap_err().exit_code(), 2);
+    }
+
+    fn inv(class: &str, total: u64) -> pb::Inventory {
+        pb::Inventory {
+            resource_class: class.into(),
+            total,
+            reserved: 0,
+            min_unit: 1,
+            max_unit: total,
+            step_size: 1,
+            allocation_ratio: 1.0,
+        }
+    }
+
+    #[test]
+    fn replace_drops_unnamed_classes_amend_keeps_them() {
+        let current = [inv("DISK_GB", 100), inv("MEMORY_MB", 1024), inv("VCPU", 8)];
+        let specs = [parse_inventory("VCPU=16,ratio=4.0").unwrap()];
+        let replaced = merge_inventories(&current, &specs, false);
+        assert_eq!(replaced.len(), 1);
+        assert_eq!(replaced[0].resource_class, "VCPU");
+        assert_eq!(replaced[0].total, 16);
+        assert_eq!(replaced[0].allocation_ratio, 4.0);
+        // Settings not given are sent as 0: the engine's default.
+        assert_eq!(replaced[0].max_unit, 0);
+
+        let amended = merge_inventories(&current, &specs, true);
+        let classes: Vec<&str> = amended.iter().map(|i| i.resource_class.as_str()).collect();
+        assert_eq!(classes, ["DISK_GB", "MEMORY_MB", "VCPU"]);
+        assert_eq!(amended[2].total, 16);
+        assert_eq!(amended[0], current[0]);
+    }
+
+    #[test]
+    fn request_spec_maps_every_flag() {
+        let cli = Cli::try_parse_from([
+            "berth",
+            "schedule",
+            "--flavor",
+            "m1",
+            "--image",
+            "img",
+            "--az",
+            "az1",
+            "--group",
+            "g",
+            "--count",
+            "2",
+            "--project",
+            "p",
+            "--user",
+            "u",
+            "--resource",
+            "CUSTOM_GPU=1",
+            "--require-trait",
+            "HW_A",
+            "--forbid-trait",
+            "HW_B",
+            "--member-of",
+            "a1,a2",
+            "--forbid-aggregate",
+            "a3",
+            "--force-host",
+            "h1",
+            "--ignore-host",
+            "h2",
+        ])
+        .unwrap();
+        let Command::Schedule(a) = &cli.command else {
+            panic!("wrong command")
+        };
+        let s = request_spec(a);
+        assert_eq!(s.flavor.as_deref(), Some("m1"));
+        assert_eq!(s.image, "img");
+        assert_eq!(s.availability_zone, "az1");
+        assert_eq!(s.group, "g");
+        assert_eq!(s.num_instances, 2);
+        assert_eq!(s.project_id, "p");
+        assert_eq!(s.user_id, "u");
+        assert_eq!(s.resources[0].resource_class, "CUSTOM_GPU");
+        assert_eq!(s.required_traits, ["HW_A"]);
+        assert_eq!(s.forbidden_traits, ["HW_B"]);
+        assert_eq!(s.member_of[0].aggregates, ["a1", "a2"]);
+        assert_eq!(s.forbidden_aggregates, ["a3"]);
+        assert_eq!(s.force_hosts, ["h1"]);
+        assert_eq!(s.ignore_hosts, ["h2"]);
+    }
+
+    #[test]
+    fn prechecks_catch_what_clap_cannot() {
+        let run = |args: &[&str]| {
+            let cli =
+                Cli::try_parse_from(std::iter::once("berth").chain(args.iter().copied())).unwrap();
+            precheck(&cli.command)
+        };
+        let e = run(&["inventory", "set", "h", "VCPU=1", "VCPU=2"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.render().contains("VCPU is given twice"));
+        let e = run(&[
+            "group",
+            "create",
+            "g",
+            "--policy",
+            "affinity",
+            "--max-per-host",
+            "2",
+        ])
+        .unwrap_err();
+        assert!(e.render().contains("--max-per-host"));
+        assert!(
+            run(&[
+                "group",
+                "create",
+                "g",
+                "--policy",
+                "anti-affinity",
+                "--max-per-host",
+                "2"
+            ])
+            .is_ok()
+        );
+        let u = "6f1c2a8e-0d7b-4c1e-9a51-3b2f0e4d5c6a";
+        assert!(
+            run(&[
+                "schedule",
+                "--flavor",
+                "f",
+                "--count",
+                "2",
+                "--instance-uuid",
+                u
+            ])
+            .is_err()
+        );
+        assert!(run(&["schedule", "--flavor", "f", "--instance-uuid", u]).is_ok());
+    }
+}
