@@ -112,16 +112,23 @@ impl Explanation {
     }
 }
 
-/// What one shard contributed to a scan.
+/// What one shard contributed to a scan. The buffers are reused from scan to scan (see
+/// [`SCAN_BUFFERS`]), so a scan neither allocates nor zero-fills per request.
+#[derive(Default)]
 struct ShardScan {
     shard: u32,
+    /// Survivors' slots (exactly the survivors).
     slots: Vec<u32>,
-    /// Weigher-major raw values: `raw[w * slots.len() + k]`.
+    /// Weigher-major raw values: `raw[w * slots.len() + k]` (the buffer may be longer).
     raw: Vec<f64>,
+    /// Per weigher: smallest and largest raw value in this shard.
+    min: SmallVec<[f64; 8]>,
+    max: SmallVec<[f64; 8]>,
 }
 
 /// A whole scan: candidates per shard plus the normalisation bounds.
 struct Scan {
+    /// Every shard, in index order (empty ones included).
     shards: Vec<ShardScan>,
     /// Indices of the weighers that ran.
     weighers: SmallVec<[usize; 8]>,
@@ -129,6 +136,27 @@ struct Scan {
     max: SmallVec<[f64; 8]>,
     hosts: u32,
     rejections: Rejections,
+}
+
+thread_local! {
+    /// The last scan's per-shard buffers on this thread, kept for the next scan: raw weigher
+    /// values are the bulk of a scan's memory (8 bytes × weighers × survivors), and
+    /// allocating them zero-filled per request cost more than weighing.
+    static SCAN_BUFFERS: std::cell::RefCell<Vec<ShardScan>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl Drop for Scan {
+    fn drop(&mut self) {
+        let shards = std::mem::take(&mut self.shards);
+        // Fails only while the thread is exiting; the buffers are then just freed.
+        let _ = SCAN_BUFFERS.try_with(|b| {
+            if let Ok(mut b) = b.try_borrow_mut() {
+                if b.is_empty() {
+                    *b = shards;
+                }
+            }
+        });
+    }
 }
 
 impl Scan {
@@ -156,7 +184,8 @@ impl Engine {
             .filter(|(_, w)| w.multiplier() != 0.0 && w.active(ctx))
             .map(|(i, _)| i)
             .collect();
-        let per_shard = |si: usize| -> (ShardScan, u32, Rejections) {
+        let nw = wsel.len();
+        let per_shard = |si: usize, out: &mut ShardScan| -> (u32, Rejections) {
             let shard = self.shards[si].read();
             let mut alive: SmallVec<[u64; 32]> = SmallVec::from_slice(&shard.present);
             let hosts: u32 = alive.iter().map(|w| w.count_ones()).sum();
@@ -167,84 +196,125 @@ impl Engine {
                 }
                 f.filter(ctx, &shard, si as u32, &mut alive, &mut rej);
             }
-            let slots = bits_to_slots(&alive);
-            let n = slots.len();
-            let mut raw = vec![0.0; n * wsel.len()];
+            out.shard = si as u32;
+            bits_to_slots(&alive, &mut out.slots);
+            let n = out.slots.len();
+            if out.raw.len() < n * nw {
+                out.raw.resize(n * nw, 0.0);
+            }
+            out.min.clear();
+            out.max.clear();
             if n > 0 {
                 for (k, &wi) in wsel.iter().enumerate() {
-                    self.weighers[wi].weigh(
-                        ctx,
-                        &shard,
-                        si as u32,
-                        &slots,
-                        &mut raw[k * n..(k + 1) * n],
-                    );
+                    let raw = &mut out.raw[k * n..(k + 1) * n];
+                    self.weighers[wi].weigh(ctx, &shard, si as u32, &out.slots, raw);
+                    // Bounds while the values are still in L1.
+                    let (lo, hi) = bounds(raw);
+                    out.min.push(lo);
+                    out.max.push(hi);
                 }
             }
-            (
-                ShardScan {
-                    shard: si as u32,
-                    slots,
-                    raw,
-                },
-                hosts,
-                rej,
-            )
+            (hosts, rej)
         };
-        let parts: Vec<(ShardScan, u32, Rejections)> =
+        let mut shards = SCAN_BUFFERS
+            .try_with(|b| b.try_borrow_mut().map(|mut b| std::mem::take(&mut *b)))
+            .ok()
+            .and_then(|r| r.ok())
+            .unwrap_or_default();
+        shards.resize_with(self.shards.len(), ShardScan::default);
+        let parts: SmallVec<[(u32, Rejections); 16]> =
             if self.index.len() > self.config.scheduler.parallel_threshold {
-                (0..self.shards.len())
-                    .into_par_iter()
-                    .map(per_shard)
-                    .collect()
+                let v: Vec<(u32, Rejections)> = shards
+                    .par_iter_mut()
+                    .enumerate()
+                    .map(|(si, out)| per_shard(si, out))
+                    .collect();
+                v.into_iter().collect()
             } else {
-                (0..self.shards.len()).map(per_shard).collect()
+                shards
+                    .iter_mut()
+                    .enumerate()
+                    .map(|(si, out)| per_shard(si, out))
+                    .collect()
             };
         let mut scan = Scan {
-            shards: Vec::with_capacity(parts.len()),
-            min: SmallVec::from_elem(f64::INFINITY, wsel.len()),
-            max: SmallVec::from_elem(f64::NEG_INFINITY, wsel.len()),
+            shards,
+            min: SmallVec::from_elem(f64::INFINITY, nw),
+            max: SmallVec::from_elem(f64::NEG_INFINITY, nw),
             weighers: wsel,
             hosts: 0,
             rejections: Rejections::default(),
         };
-        for (ss, hosts, rej) in parts {
+        for (hosts, rej) in &parts {
             scan.hosts += hosts;
-            scan.rejections.merge(&rej);
-            let n = ss.slots.len();
-            if n == 0 {
+            scan.rejections.merge(rej);
+        }
+        for ss in &scan.shards {
+            if ss.slots.is_empty() {
                 continue;
             }
-            for k in 0..scan.weighers.len() {
-                for &v in &ss.raw[k * n..(k + 1) * n] {
-                    scan.min[k] = scan.min[k].min(v);
-                    scan.max[k] = scan.max[k].max(v);
-                }
+            for k in 0..nw {
+                scan.min[k] = scan.min[k].min(ss.min[k]);
+                scan.max[k] = scan.max[k].max(ss.max[k]);
             }
-            scan.shards.push(ss);
         }
         scan
     }
 
     /// The best `k` candidates of a scan, best first (ties keep scan order).
+    ///
+    /// A host's score is `Σ multiplier × normalize(raw)` over the weighers in order, as in
+    /// Nova. A weigher whose values are all equal normalises to 0 for every host, and adding
+    /// `m × 0` leaves every score bit-for-bit as it was, so such weighers (the build-failure
+    /// and io-ops weighers, usually) are skipped. Scores are summed weigher by weigher over a
+    /// shard's candidates (a loop the compiler vectorises), then one pass keeps the best `k`.
     fn top(&self, scan: &Scan, k: usize) -> Vec<Ranked> {
-        let mults: SmallVec<[f64; 8]> = scan
+        let terms: SmallVec<[(usize, f64, f64, f64); 8]> = scan
             .weighers
             .iter()
-            .map(|&w| self.weighers[w].multiplier())
+            .enumerate()
+            .filter_map(|(w, &wi)| {
+                let (min, range) = (scan.min[w], scan.max[w] - scan.min[w]);
+                (range > 0.0).then(|| (w, min, range, self.weighers[wi].multiplier()))
+            })
             .collect();
         let mut best: Vec<Ranked> = Vec::with_capacity(k.min(1024) + 1);
+        if k == 0 {
+            return best;
+        }
+        let mut full = false;
+        let mut worst = f64::NEG_INFINITY;
+        let mut scores: Vec<f64> = Vec::new();
         for (si, ss) in scan.shards.iter().enumerate() {
             let n = ss.slots.len();
-            for j in 0..n {
-                let mut score = 0.0;
-                for (w, m) in mults.iter().enumerate() {
-                    score += m * normalize(ss.raw[w * n + j], scan.min[w], scan.max[w]);
+            if n == 0 {
+                continue;
+            }
+            scores.clear();
+            match terms.split_first() {
+                None => scores.resize(n, 0.0),
+                Some((&(w, min, range, m), rest)) => {
+                    // 0.0 + …: the same additions as summing from 0, term by term.
+                    let raw = &ss.raw[w * n..(w + 1) * n];
+                    scores.extend(raw.iter().map(|&x| 0.0 + m * ((x - min) / range)));
+                    for &(w, min, range, m) in rest {
+                        let raw = &ss.raw[w * n..(w + 1) * n];
+                        for (s, &x) in scores.iter_mut().zip(raw) {
+                            // = m × normalize(x, min, max), as range > 0.
+                            *s += m * ((x - min) / range);
+                        }
+                    }
                 }
-                if best.len() < k || best.last().is_some_and(|b| score > b.0) {
+            }
+            for (j, &score) in scores.iter().enumerate() {
+                if !full || score > worst {
                     let pos = best.partition_point(|b| b.0 >= score);
                     best.insert(pos, (score, si as u32, j as u32));
                     best.truncate(k);
+                    if best.len() == k {
+                        full = true;
+                        worst = best[k - 1].0;
+                    }
                 }
             }
         }
@@ -302,14 +372,18 @@ impl Engine {
 
     /// Whether `h` satisfies the hard group policy for `consumer` right now.
     fn group_allows(g: &GroupState, h: HostRef, consumer: &Uuid) -> bool {
-        let own = g.members.get(consumer).is_some_and(|hs| hs.contains(&h)) as u32;
+        // The consumer's own membership (a move's source) never counts against it.
+        let mine = g.members.get(consumer);
+        let own_on = |host: &HostRef| mine.is_some_and(|hs| hs.contains(host)) as u32;
+        let own = own_on(&h);
         match g.policy {
             GroupPolicy::AntiAffinity => g.count(h) - own < g.max_per_host,
             GroupPolicy::Affinity => {
+                // Hosts holding members other than this consumer.
                 let others = g
                     .hosts
                     .iter()
-                    .filter(|(host, n)| **n > (**host == h) as u32 * own)
+                    .filter(|(host, n)| **n > own_on(host))
                     .count();
                 others == 0 || g.count(h) > own
             }
@@ -374,7 +448,16 @@ impl Engine {
         let alternates = sched.max_attempts as usize - 1;
         let k = sched.host_subset_size + alternates + 2;
         let mut last: Option<Scan> = None;
-        for _round in 0..CLAIM_ROUNDS {
+        let mut refreshed: Option<RequestContext> = None;
+        for round in 0..CLAIM_ROUNDS {
+            // A lost round may mean the group moved on (an affinity group's first member
+            // landed elsewhere): scan again with the group as it is now.
+            if round > 0 && ctx.group.is_some() {
+                let mut fresh = ctx.clone();
+                fresh.refresh_group();
+                refreshed = Some(fresh);
+            }
+            let ctx = refreshed.as_ref().unwrap_or(ctx);
             let scan = self.scan(ctx);
             let top = self.top(&scan, k);
             if top.is_empty() {
@@ -426,8 +509,9 @@ impl Engine {
             }
             last = Some(scan);
         }
-        let detail =
-            format!("every candidate changed under {CLAIM_ROUNDS} rounds of claims; retry");
+        let detail = format!(
+            "concurrent requests took every candidate in {CLAIM_ROUNDS} rounds of claims; retry"
+        );
         Err(match last {
             Some(scan) => self.no_valid_host(&scan, detail),
             None => EngineError::NoValidHost(NoValidHost {
@@ -547,7 +631,10 @@ impl Engine {
     /// Claims a destination for an existing consumer (resize, cold or live migration,
     /// evacuation) while it keeps its current allocations; `confirm_move` drops the source,
     /// `revert_move` the destination. The current hosts are excluded unless
-    /// `allow_same_host`. The consumer's group applies when `spec` names none.
+    /// `allow_same_host`. The consumer's server group always applies: a move cannot change
+    /// membership (the group records the member's source and destination hosts), so a
+    /// `spec.group` naming another group, or any group for a consumer in none, is
+    /// `InvalidArgument`.
     pub fn move_claim(
         &self,
         consumer: &Uuid,
@@ -571,7 +658,8 @@ impl Engine {
         };
         let mut spec = spec.clone();
         spec.num_instances = 1;
-        spec.instance_uuids.clear();
+        // The consumer itself: the group snapshot then leaves out its own membership.
+        spec.instance_uuids = vec![*consumer];
         if spec.group.is_none() {
             spec.group = group.map(|g| g.to_string());
         }
@@ -579,6 +667,7 @@ impl Engine {
             spec.ignore_hosts.extend(hosts.iter().map(Uuid::to_string));
         }
         let ctx = RequestContext::prepare(self, &spec)?;
+        let named_group = ctx.group.as_ref().map(|g| g.id);
         match self.consumers.entry(*consumer) {
             Entry::Vacant(_) => Err(EngineError::not_found("consumer", consumer)),
             Entry::Occupied(mut o) => {
@@ -587,15 +676,27 @@ impl Engine {
                         "consumer {consumer} is already moving"
                     )));
                 }
+                // Checked under the entry: membership is fixed while we hold it. Joining a
+                // group here would record only the destination host in it (and a second
+                // group would never forget the consumer).
+                if o.get().group != named_group {
+                    let current = o
+                        .get()
+                        .group
+                        .map_or("no group".into(), |g| format!("group {g}"));
+                    return Err(EngineError::invalid(
+                        "group",
+                        format!(
+                            "consumer {consumer} is in {current}; a move keeps the consumer's server group"
+                        ),
+                    ));
+                }
                 let c = o.get_mut();
                 self.place(&ctx, consumer, |alloc| {
                     let dest = vec![alloc];
                     self.project_add(&c.project, &dest, 1, 0);
                     c.moving = Some(dest);
                     c.generation += 1;
-                    if c.group.is_none() {
-                        c.group = ctx.group.as_ref().map(|g| g.id);
-                    }
                     Ok(())
                 })
             }
@@ -648,9 +749,34 @@ impl Engine {
     }
 }
 
-/// Slot numbers of the set bits.
-fn bits_to_slots(bits: &[u64]) -> Vec<u32> {
-    let mut out = Vec::with_capacity(bits.iter().map(|w| w.count_ones() as usize).sum());
+/// Smallest and largest of `v` (`±∞` when empty; NaNs are ignored, as by `f64::min`).
+/// Four independent lanes of `<`-selects, which compile to packed `minpd`/`maxpd`, where a
+/// single `f64::min` chain stays scalar.
+fn bounds(v: &[f64]) -> (f64, f64) {
+    let mut lo = [f64::INFINITY; 4];
+    let mut hi = [f64::NEG_INFINITY; 4];
+    let chunks = v.chunks_exact(4);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for l in 0..4 {
+            lo[l] = if c[l] < lo[l] { c[l] } else { lo[l] };
+            hi[l] = if c[l] > hi[l] { c[l] } else { hi[l] };
+        }
+    }
+    for &x in rest {
+        lo[0] = if x < lo[0] { x } else { lo[0] };
+        hi[0] = if x > hi[0] { x } else { hi[0] };
+    }
+    (
+        lo[0].min(lo[1]).min(lo[2].min(lo[3])),
+        hi[0].max(hi[1]).max(hi[2].max(hi[3])),
+    )
+}
+
+/// Slot numbers of the set bits, into `out` (cleared first).
+fn bits_to_slots(bits: &[u64], out: &mut Vec<u32>) {
+    out.clear();
+    out.reserve(bits.len() * 64);
     for (w, &word) in bits.iter().enumerate() {
         let mut b = word;
         while b != 0 {
@@ -658,5 +784,568 @@ fn bits_to_slots(bits: &[u64]) -> Vec<u32> {
             b &= b - 1;
         }
     }
-    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use uuid::Uuid;
+
+    use super::filters::testkit::*;
+    use crate::model::{Allocation, GroupPolicy, Inventory, RequestSpec};
+    use crate::{AllocationRequest, EngineError, ProjectUsageReport};
+
+    fn ram(mb: u64) -> RequestSpec {
+        RequestSpec::resources(&[("VCPU", 1), ("MEMORY_MB", mb)])
+    }
+
+    /// `n` hosts `h0..` with 16 VCPU and `ram_mb` of memory.
+    fn cloud(n: usize, ram_mb: u64) -> TestCloud {
+        let mut cloud = TestCloud::new();
+        for i in 0..n {
+            cloud.host(host(&format!("h{i}")).inventory("MEMORY_MB", Inventory::new(ram_mb)));
+        }
+        cloud
+    }
+
+    fn all_usage_zero(cloud: &TestCloud) {
+        for p in cloud
+            .engine
+            .list_providers(&crate::ProviderFilter::default())
+            .unwrap()
+        {
+            assert_eq!(p.instances, 0, "{}", p.name);
+            assert!(p.usages.iter().all(|u| u.used == 0), "{p:?}");
+        }
+        assert_eq!(cloud.engine.consumer_count(), 0);
+        assert_eq!(
+            cloud.engine.project_usages("demo", None).unwrap(),
+            ProjectUsageReport::default()
+        );
+    }
+
+    #[test]
+    fn one_instance_claims_and_usage_is_visible() {
+        let cloud = cloud(1, 4096);
+        let h = cloud.uuid("h0");
+        let gen0 = cloud.engine.get_provider(&h).unwrap().generation;
+        let sel = cloud.place(&ram(1024));
+        assert_eq!(sel.len(), 1);
+        let s = &sel[0];
+        assert_eq!(s.host.uuid, h);
+        assert_eq!(s.host.name, "h0");
+        let mut allocs = s.allocations.clone();
+        allocs.sort();
+        assert_eq!(allocs, vec![("MEMORY_MB".into(), 1024), ("VCPU".into(), 1)]);
+        let info = cloud.engine.get_provider(&h).unwrap();
+        assert_eq!(cloud.used(h, "VCPU"), 1);
+        assert_eq!(cloud.used(h, "MEMORY_MB"), 1024);
+        assert_eq!(cloud.used(h, "DISK_GB"), 0);
+        assert_eq!(info.instances, 1);
+        assert!(info.generation > gen0, "a claim bumps the generation");
+        let a = cloud.engine.get_allocations(&s.consumer).unwrap();
+        assert_eq!(a.generation, 1);
+        assert_eq!(a.project_id, "demo");
+        assert_eq!(a.allocations.len(), 1);
+        assert_eq!(a.allocations[0].provider, h);
+        let usage = cloud.engine.project_usages("demo", None).unwrap();
+        assert_eq!(usage.consumers, 1);
+        let mut u = usage.usages.clone();
+        u.sort();
+        assert_eq!(u, vec![("MEMORY_MB".into(), 1024), ("VCPU".into(), 1)]);
+        // Explicit instance uuids are used as the consumers.
+        let mine = Uuid::new_v4();
+        let mut spec = ram(1024);
+        spec.instance_uuids = vec![mine];
+        assert_eq!(cloud.place(&spec)[0].consumer, mine);
+        assert_eq!(cloud.used(h, "MEMORY_MB"), 2048);
+        // Until it is full.
+        cloud.place(&ram(2048));
+        assert!(matches!(
+            cloud.engine.select_destinations(&ram(1)),
+            Err(EngineError::NoValidHost(_))
+        ));
+        assert_eq!(cloud.used(h, "MEMORY_MB"), 4096);
+    }
+
+    #[test]
+    fn anti_affinity_multi_instance_lands_on_distinct_hosts() {
+        // (hosts, max_server_per_host, instances, placed, distinct hosts used)
+        let cases: &[(usize, Option<u32>, u32, bool, usize)] = &[
+            (4, None, 3, true, 3),
+            (3, None, 3, true, 3),
+            (2, None, 3, false, 0),
+            (2, Some(2), 3, true, 2),
+            (2, Some(2), 5, false, 0),
+        ];
+        for &(hosts, max, n, ok, distinct) in cases {
+            let cloud = cloud(hosts, 32768);
+            cloud.group("g", GroupPolicy::AntiAffinity, max);
+            let mut s = ram(1024);
+            s.num_instances = n;
+            s.group = Some("g".into());
+            let what = format!("{hosts} hosts, max {max:?}, {n} instances");
+            match cloud.engine.select_destinations(&s) {
+                Ok(sel) => {
+                    assert!(ok, "{what}: {sel:?}");
+                    assert_eq!(sel.len(), n as usize);
+                    let used: HashSet<_> = sel.iter().map(|x| x.host.uuid).collect();
+                    assert_eq!(used.len(), distinct, "{what}");
+                    let g = cloud.engine.get_group("g").unwrap();
+                    assert_eq!(g.members.len(), n as usize);
+                    assert!(g.hosts.iter().all(|(_, k)| *k <= max.unwrap_or(1)));
+                }
+                Err(EngineError::NoValidHost(nvh)) => {
+                    assert!(!ok, "{what}: {nvh}");
+                    assert!(nvh.to_string().contains("none were placed"), "{nvh}");
+                    assert!(cloud.engine.get_group("g").unwrap().members.is_empty());
+                    all_usage_zero(&cloud);
+                }
+                Err(e) => panic!("{what}: {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn multi_instance_is_all_or_nothing() {
+        let cloud = cloud(2, 4096);
+        let mut s = ram(3000);
+        s.num_instances = 3;
+        let err = cloud.engine.select_destinations(&s).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "no valid host among 2: Capacity(MEMORY_MB) 2 (instance 3 of 3; none were placed)"
+        );
+        all_usage_zero(&cloud);
+        // The same request with room for all three succeeds, and nothing leaked before.
+        s.num_instances = 2;
+        let sel = cloud.place(&s);
+        assert_eq!(sel.len(), 2);
+        assert_ne!(sel[0].host.uuid, sel[1].host.uuid);
+        assert_eq!(cloud.engine.consumer_count(), 2);
+        assert_eq!(
+            cloud.engine.project_usages("demo", None).unwrap().consumers,
+            2
+        );
+    }
+
+    #[test]
+    fn no_valid_host_lists_counts_in_filter_order() {
+        let mut cloud = TestCloud::new();
+        cloud.host(host("far1").az("far"));
+        cloud.host(host("far2").az("far"));
+        cloud.host(host("small1").inventory("MEMORY_MB", Inventory::new(1024)));
+        cloud.host(host("small2").inventory("MEMORY_MB", Inventory::new(1024)));
+        let mut s = ram(2048);
+        s.availability_zone = Some("nova".into());
+        assert_eq!(
+            cloud
+                .engine
+                .select_destinations(&s)
+                .unwrap_err()
+                .to_string(),
+            "no valid host among 4: AvailabilityZone 2, Capacity(MEMORY_MB) 2"
+        );
+        // Order is the pipeline's (filters, then classes in id order), not by count, and a
+        // host is charged to the first filter that drops it.
+        cloud.host(host("tiny-cpu").inventory("VCPU", Inventory::new(1)));
+        cloud.host(host("down"));
+        cloud
+            .engine
+            .set_host_up(&cloud.uuid("down"), false)
+            .unwrap();
+        let mut s = RequestSpec::resources(&[("VCPU", 2), ("MEMORY_MB", 2048)]);
+        s.availability_zone = Some("nova".into());
+        s.ignore_hosts = vec!["small1".into()];
+        match cloud.engine.select_destinations(&s).unwrap_err() {
+            EngineError::NoValidHost(n) => {
+                assert_eq!(n.hosts, 6);
+                assert_eq!(
+                    n.to_string(),
+                    "no valid host among 6: IgnoreHosts 1, AvailabilityZone 2, Compute 1, \
+                     Capacity(VCPU) 1, Capacity(MEMORY_MB) 1"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(cloud.engine.consumer_count(), 0);
+    }
+
+    #[test]
+    fn alternates_are_the_next_best_hosts() {
+        // (hosts, max_attempts, alternates)
+        for (hosts, attempts, want) in [(5, 3, 2), (5, 1, 0), (2, 3, 1), (1, 3, 0), (8, 5, 4)] {
+            let mut cloud = TestCloud::with_scheduler(|s| {
+                s.max_attempts = attempts;
+                s.multipliers = multipliers(&[("ram", 1.0)]);
+            });
+            for i in 0..hosts {
+                // h0 has the most RAM, so the ranking is h0, h1, …
+                let mb = 32768 - i as u64 * 1024;
+                cloud.host(host(&format!("h{i}")).inventory("MEMORY_MB", Inventory::new(mb)));
+            }
+            let sel = cloud.place(&ram(512));
+            let s = &sel[0];
+            assert_eq!(s.host.name, "h0");
+            let alts: Vec<&str> = s.alternates.iter().map(|a| a.name.as_str()).collect();
+            let expect: Vec<String> = (1..=want).map(|i| format!("h{i}")).collect();
+            assert_eq!(alts, expect, "{hosts} hosts, max_attempts {attempts}");
+            // Alternates are not claimed.
+            for a in &s.alternates {
+                assert_eq!(cloud.used(a.uuid, "MEMORY_MB"), 0);
+            }
+        }
+    }
+
+    #[test]
+    fn host_subset_size_picks_only_among_the_top_n() {
+        let mut cloud = TestCloud::with_scheduler(|s| {
+            s.host_subset_size = 2;
+            s.multipliers = multipliers(&[("ram", 1.0)]);
+        });
+        for i in 0..5u64 {
+            cloud.host(
+                host(&format!("h{i}")).inventory("MEMORY_MB", Inventory::new(8192 * (i + 1))),
+            );
+        }
+        let mut seen = HashSet::new();
+        for _ in 0..64 {
+            let sel = cloud.place(&ram(512));
+            let s = &sel[0];
+            assert!(
+                s.host.name == "h4" || s.host.name == "h3",
+                "picked {} outside the top 2",
+                s.host.name
+            );
+            assert_eq!(s.alternates.len(), 2);
+            assert!(!s.alternates.contains(&s.host));
+            seen.insert(s.host.name.clone());
+            cloud.engine.release(&s.consumer).unwrap();
+        }
+        assert_eq!(seen.len(), 2, "both of the top 2 get picked: {seen:?}");
+    }
+
+    #[test]
+    fn existing_consumer_is_already_exists() {
+        let cloud = cloud(2, 32768);
+        let placed = cloud.place(&ram(1024))[0].consumer;
+        let external = cloud.use_resources(cloud.uuid("h1"), &[("VCPU", 1)]);
+        for existing in [placed, external] {
+            let mut s = ram(1024);
+            s.num_instances = 2;
+            s.instance_uuids = vec![Uuid::new_v4(), existing];
+            match cloud.engine.select_destinations(&s) {
+                Err(EngineError::AlreadyExists {
+                    kind: "consumer",
+                    id,
+                }) => {
+                    assert!(id.contains(&existing.to_string()), "{id}");
+                    assert!(id.contains("instance_uuids[1]"), "{id}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(cloud.engine.consumer_count(), 2, "nothing new was claimed");
+        assert_eq!(
+            cloud.used(cloud.uuid("h0"), "VCPU") + cloud.used(cloud.uuid("h1"), "VCPU"),
+            2
+        );
+        let dup = Uuid::new_v4();
+        let mut s = ram(1024);
+        s.num_instances = 2;
+        s.instance_uuids = vec![dup, dup];
+        assert!(matches!(
+            cloud.engine.select_destinations(&s),
+            Err(EngineError::InvalidArgument { field, .. }) if field == "instance_uuids[1]"
+        ));
+    }
+
+    #[test]
+    fn move_claim_confirm_and_revert_restore_usage_exactly() {
+        let cloud = cloud(2, 8192);
+        cloud.group("g", GroupPolicy::AntiAffinity, None);
+        let (a, b) = (cloud.uuid("h0"), cloud.uuid("h1"));
+        let mut s = ram(2048);
+        s.group = Some("g".into());
+        let c = cloud.place_on("h0", &s);
+        let snapshot = |cloud: &TestCloud| {
+            let p = |u| {
+                let i = cloud.engine.get_provider(&u).unwrap();
+                (i.usages, i.instances)
+            };
+            let mut proj = cloud.engine.project_usages("demo", None).unwrap();
+            proj.usages.sort();
+            (p(a), p(b), proj, cloud.engine.get_group("g").unwrap().hosts)
+        };
+        let before = snapshot(&cloud);
+        assert_eq!(before.3, vec![("h0".to_string(), 1)]);
+
+        // Revert: the destination is dropped, everything is as before.
+        let sel = cloud.engine.move_claim(&c, &ram(2048), false).unwrap();
+        assert_eq!(sel.host.uuid, b, "the source is excluded");
+        assert_eq!(cloud.used(a, "MEMORY_MB"), 2048);
+        assert_eq!(cloud.used(b, "MEMORY_MB"), 2048);
+        let during = cloud.engine.get_allocations(&c).unwrap();
+        assert_eq!(during.allocations[0].provider, a);
+        assert_eq!(during.moving[0].provider, b);
+        assert_eq!(
+            cloud.engine.project_usages("demo", None).unwrap().consumers,
+            1,
+            "a move is still one consumer"
+        );
+        assert!(matches!(
+            cloud.engine.move_claim(&c, &ram(2048), false),
+            Err(EngineError::FailedPrecondition(_))
+        ));
+        cloud.engine.revert_move(&c).unwrap();
+        assert_eq!(snapshot(&cloud), before);
+        assert!(cloud.engine.get_allocations(&c).unwrap().moving.is_empty());
+
+        // Confirm: the source is dropped; the consumer now holds exactly the destination.
+        cloud.engine.move_claim(&c, &ram(4096), false).unwrap();
+        cloud.engine.confirm_move(&c).unwrap();
+        let after = snapshot(&cloud);
+        assert_eq!(cloud.used(a, "MEMORY_MB"), 0);
+        assert_eq!(cloud.used(a, "VCPU"), 0);
+        assert_eq!(cloud.used(b, "MEMORY_MB"), 4096);
+        assert_eq!(after.0.1, 0);
+        assert_eq!(after.1.1, 1);
+        assert_eq!(after.3, vec![("h1".to_string(), 1)]);
+        let mut proj = after.2.usages.clone();
+        proj.sort();
+        assert_eq!(proj, vec![("MEMORY_MB".into(), 4096), ("VCPU".into(), 1)]);
+        assert_eq!(after.2.consumers, 1);
+
+        // No move in progress; unknown consumer.
+        assert!(matches!(
+            cloud.engine.confirm_move(&c),
+            Err(EngineError::FailedPrecondition(_))
+        ));
+        assert!(matches!(
+            cloud.engine.revert_move(&c),
+            Err(EngineError::FailedPrecondition(_))
+        ));
+        assert!(matches!(
+            cloud.engine.move_claim(&Uuid::new_v4(), &ram(1), false),
+            Err(EngineError::NotFound {
+                kind: "consumer",
+                ..
+            })
+        ));
+        cloud.engine.release(&c).unwrap();
+        all_usage_zero(&cloud);
+    }
+
+    #[test]
+    fn move_claim_to_the_same_host_in_an_anti_affinity_group() {
+        // A resize in place: the member's own presence on the source must not count against
+        // it (Nova's ServerGroupAntiAffinityFilter passes the instance's own host).
+        let mut cloud = TestCloud::new();
+        cloud.host(host("a"));
+        cloud.host(host("tiny").inventory("MEMORY_MB", Inventory::new(512)));
+        cloud.group("g", GroupPolicy::AntiAffinity, None);
+        let mut s = ram(1024);
+        s.group = Some("g".into());
+        let c = cloud.place_on("a", &s);
+        let a = cloud.uuid("a");
+        let sel = cloud.engine.move_claim(&c, &ram(2048), true).unwrap();
+        assert_eq!(sel.host.uuid, a);
+        assert_eq!(cloud.used(a, "MEMORY_MB"), 3072);
+        assert_eq!(cloud.engine.get_provider(&a).unwrap().instances, 2);
+        cloud.engine.confirm_move(&c).unwrap();
+        assert_eq!(cloud.used(a, "MEMORY_MB"), 2048);
+        assert_eq!(cloud.engine.get_provider(&a).unwrap().instances, 1);
+        assert_eq!(
+            cloud.engine.get_group("g").unwrap().hosts,
+            vec![("a".to_string(), 1)]
+        );
+        // Another member still cannot join it there.
+        let mut s = ram(1024);
+        s.group = Some("g".into());
+        s.force_hosts = vec!["a".into()];
+        assert!(cloud.engine.select_destinations(&s).is_err());
+    }
+
+    #[test]
+    fn move_claim_in_an_affinity_group() {
+        let cloud = cloud(3, 32768);
+        cloud.group("g", GroupPolicy::Affinity, None);
+        let mut s = ram(1024);
+        s.group = Some("g".into());
+        let first = cloud.place_on("h0", &s);
+        // The only member may move: its own presence does not pin it.
+        let sel = cloud.engine.move_claim(&first, &ram(1024), false).unwrap();
+        assert_ne!(sel.host.name, "h0");
+        let dest = sel.host.name.clone();
+        cloud.engine.confirm_move(&first).unwrap();
+        assert_eq!(
+            cloud.engine.get_group("g").unwrap().hosts,
+            vec![(dest.clone(), 1)]
+        );
+        // With another member beside it, it cannot leave that host.
+        let second = cloud.place(&s)[0].clone();
+        assert_eq!(second.host.name, dest);
+        assert!(matches!(
+            cloud.engine.move_claim(&first, &ram(1024), false),
+            Err(EngineError::NoValidHost(_))
+        ));
+        assert!(
+            cloud
+                .engine
+                .get_allocations(&first)
+                .unwrap()
+                .moving
+                .is_empty()
+        );
+        let sel = cloud.engine.move_claim(&first, &ram(2048), true).unwrap();
+        assert_eq!(sel.host.name, dest, "resizing in place is fine");
+        cloud.engine.revert_move(&first).unwrap();
+        assert_eq!(cloud.engine.get_group("g").unwrap().hosts, vec![(dest, 2)]);
+    }
+
+    #[test]
+    fn replace_allocations_generation_conflicts() {
+        let cloud = cloud(1, 8192);
+        let h = cloud.uuid("h0");
+        let req = |generation: Option<u64>, mb: u64| AllocationRequest {
+            consumer_generation: generation,
+            project_id: "demo".into(),
+            user_id: "u".into(),
+            allocations: vec![Allocation {
+                provider: h,
+                resources: vec![("MEMORY_MB".into(), mb)],
+            }],
+        };
+        let c = Uuid::new_v4();
+        // A new consumer given a generation.
+        match cloud.engine.replace_allocations(&c, req(Some(1), 1024)) {
+            Err(EngineError::GenerationConflict {
+                kind: "consumer",
+                given,
+                current,
+                ..
+            }) => {
+                assert_eq!(given, "1");
+                assert!(current.starts_with("none"), "{current}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(cloud.engine.consumer_count(), 0);
+        assert_eq!(
+            cloud
+                .engine
+                .replace_allocations(&c, req(None, 1024))
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            cloud
+                .engine
+                .replace_allocations(&c, req(Some(1), 2048))
+                .unwrap(),
+            2
+        );
+        assert_eq!(cloud.used(h, "MEMORY_MB"), 2048);
+        // (given generation, expected `given` text)
+        for (g, text) in [(Some(1), "1"), (Some(3), "3"), (None, "none")] {
+            match cloud.engine.replace_allocations(&c, req(g, 4096)) {
+                Err(EngineError::GenerationConflict { given, current, .. }) => {
+                    assert_eq!(given, text);
+                    assert_eq!(current, "2");
+                }
+                other => panic!("{g:?}: {other:?}"),
+            }
+        }
+        assert_eq!(cloud.used(h, "MEMORY_MB"), 2048, "conflicts change nothing");
+        assert_eq!(cloud.engine.get_allocations(&c).unwrap().generation, 2);
+        // Deleting with the current generation.
+        let mut empty = req(Some(2), 1);
+        empty.allocations.clear();
+        cloud.engine.replace_allocations(&c, empty).unwrap();
+        all_usage_zero(&cloud);
+        // Provider generations too.
+        let g = cloud.engine.get_provider(&h).unwrap().generation;
+        let invs = [("MEMORY_MB".to_string(), Inventory::new(4096))];
+        match cloud.engine.set_inventories(&h, Some(g + 7), &invs) {
+            Err(EngineError::GenerationConflict {
+                kind: "resource provider",
+                given,
+                current,
+                ..
+            }) => {
+                assert_eq!(given, (g + 7).to_string());
+                assert_eq!(current, g.to_string());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            cloud.engine.set_inventories(&h, Some(g), &invs).unwrap(),
+            g + 1
+        );
+    }
+
+    #[test]
+    fn release_delete_and_inventory_preconditions() {
+        let cloud = cloud(1, 8192);
+        let h = cloud.uuid("h0");
+        assert!(matches!(
+            cloud.engine.release(&Uuid::new_v4()),
+            Err(EngineError::NotFound {
+                kind: "consumer",
+                ..
+            })
+        ));
+        let c = cloud.use_resources(h, &[("MEMORY_MB", 1024), ("DISK_GB", 10)]);
+        assert!(matches!(
+            cloud.engine.delete_provider(&h),
+            Err(EngineError::FailedPrecondition(_))
+        ));
+        let keep_mem = [("MEMORY_MB".to_string(), Inventory::new(8192))];
+        match cloud.engine.set_inventories(&h, None, &keep_mem) {
+            Err(EngineError::FailedPrecondition(m)) => assert!(m.contains("DISK_GB"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        // Removing an unallocated class and lowering capacity under usage are allowed.
+        let lower = [
+            ("MEMORY_MB".to_string(), Inventory::new(512)),
+            ("DISK_GB".to_string(), Inventory::new(10)),
+        ];
+        cloud.engine.set_inventories(&h, None, &lower).unwrap();
+        assert_eq!(cloud.used(h, "MEMORY_MB"), 1024);
+        assert!(
+            cloud
+                .engine
+                .select_destinations(&RequestSpec::resources(&[("MEMORY_MB", 1)]))
+                .is_err()
+        );
+        cloud.engine.release(&c).unwrap();
+        assert!(matches!(
+            cloud.engine.release(&c),
+            Err(EngineError::NotFound { .. })
+        ));
+        cloud.engine.delete_provider(&h).unwrap();
+        assert_eq!(cloud.engine.provider_count(), 0);
+        assert!(matches!(
+            cloud.engine.get_provider(&h),
+            Err(EngineError::NotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn removing_an_allocated_custom_class_is_refused() {
+        let mut cloud = TestCloud::new();
+        let h = cloud.host(host("gpu").inventory("CUSTOM_GPU", Inventory::new(2)));
+        let c = cloud.place(&RequestSpec::resources(&[("CUSTOM_GPU", 1)]))[0].consumer;
+        let std_only: Vec<(String, Inventory)> = ["VCPU", "MEMORY_MB", "DISK_GB"]
+            .iter()
+            .map(|c| (c.to_string(), Inventory::new(8)))
+            .collect();
+        match cloud.engine.set_inventories(&h, None, &std_only) {
+            Err(EngineError::FailedPrecondition(m)) => assert!(m.contains("CUSTOM_GPU"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        cloud.engine.release(&c).unwrap();
+        cloud.engine.set_inventories(&h, None, &std_only).unwrap();
+    }
 }

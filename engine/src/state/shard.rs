@@ -20,6 +20,46 @@ pub const ISOLATED: u8 = 4;
 /// Number of standard classes with dense columns.
 pub const NSTD: usize = 4;
 
+/// Per shard and standard class: the tightest unit rules of any host that has (or had) an
+/// inventory of the class. Bounds only ever tighten (a host leaving does not loosen them),
+/// so they are conservative: when an amount is inside them, every host's `min_unit`,
+/// `max_unit` and `step_size` accept it and the capacity test is the free-amount compare
+/// alone. Hosts without the inventory fail that compare anyway (their free amount is never
+/// positive).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UnitBounds {
+    /// Largest `min_unit`.
+    pub max_min_unit: u32,
+    /// Smallest `max_unit`.
+    pub min_max_unit: u32,
+    /// Whether any `step_size` is not 1.
+    pub stepped: bool,
+}
+
+impl Default for UnitBounds {
+    fn default() -> Self {
+        Self {
+            max_min_unit: 0,
+            min_max_unit: u32::MAX,
+            stepped: false,
+        }
+    }
+}
+
+impl UnitBounds {
+    /// Whether every host's unit rules accept `amount`.
+    #[inline]
+    pub fn accept(&self, amount: u32) -> bool {
+        !self.stepped && self.max_min_unit <= amount && amount <= self.min_max_unit
+    }
+
+    fn tighten(&mut self, min_unit: u32, max_unit: u32, step: u32) {
+        self.max_min_unit = self.max_min_unit.max(min_unit);
+        self.min_max_unit = self.min_max_unit.min(max_unit);
+        self.stepped |= step != 1;
+    }
+}
+
 /// A custom-class inventory and its usage on one host.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CustomInventory {
@@ -63,6 +103,12 @@ pub struct Shard {
     pub flags: Vec<u8>,
     /// Capacity − used per standard class (negative if capacity was lowered under usage).
     pub free: [Vec<i64>; NSTD],
+    /// `free` saturated to `i32`: the capacity filter's column. Exact for its compare, as
+    /// amounts are at most `MAX_AMOUNT` (`i32::MAX`); half the bytes, and SSE2 compares
+    /// four `i32`s at once but no `i64`s.
+    pub free32: [Vec<i32>; NSTD],
+    /// Unit rules summary per standard class (see [`UnitBounds`]).
+    pub unit_bounds: [UnitBounds; NSTD],
     /// Used per standard class.
     pub used: [Vec<u64>; NSTD],
     /// min_unit per standard class (0 when the host has no such inventory).
@@ -188,6 +234,7 @@ impl Shard {
         self.flags.push(0);
         for c in 0..NSTD {
             self.free[c].push(0);
+            self.free32[c].push(0);
             self.used[c].push(0);
             self.min_unit[c].push(0);
             self.max_unit[c].push(0);
@@ -249,18 +296,30 @@ impl Shard {
     pub fn refresh_std(&mut self, c: usize, i: usize) {
         match self.inv[c][i] {
             Some(inv) => {
-                self.free[c][i] = inv.capacity() as i64 - self.used[c][i] as i64;
+                self.set_free(c, i, inv.capacity() as i64 - self.used[c][i] as i64);
                 self.min_unit[c][i] = inv.min_unit as u32;
                 self.max_unit[c][i] = inv.max_unit as u32;
                 self.step[c][i] = inv.step_size as u32;
+                self.unit_bounds[c].tighten(
+                    inv.min_unit as u32,
+                    inv.max_unit as u32,
+                    inv.step_size as u32,
+                );
             }
             None => {
-                self.free[c][i] = -(self.used[c][i] as i64);
+                self.set_free(c, i, -(self.used[c][i] as i64));
                 self.min_unit[c][i] = 0;
                 self.max_unit[c][i] = 0;
                 self.step[c][i] = 1;
             }
         }
+    }
+
+    /// Sets `free` and its `i32` shadow.
+    #[inline]
+    fn set_free(&mut self, c: usize, i: usize, free: i64) {
+        self.free[c][i] = free;
+        self.free32[c][i] = free.clamp(i32::MIN as i64, i32::MAX as i64) as i32;
     }
 
     /// Replaces the trait row of slot `i`, widening the shard's rows if an id needs it.
@@ -341,7 +400,7 @@ impl Shard {
         match class.std_index() {
             Some(c) => {
                 self.used[c][i] += amount;
-                self.free[c][i] -= amount as i64;
+                self.set_free(c, i, self.free[c][i] - amount as i64);
             }
             None => match self.custom[i].iter_mut().find(|ci| ci.class == class) {
                 Some(ci) => ci.used += amount,
@@ -361,7 +420,7 @@ impl Shard {
             Some(c) => {
                 let a = amount.min(self.used[c][i]);
                 self.used[c][i] -= a;
-                self.free[c][i] += a as i64;
+                self.set_free(c, i, self.free[c][i] + a as i64);
             }
             None => {
                 if let Some(ci) = self.custom[i].iter_mut().find(|ci| ci.class == class) {
@@ -387,7 +446,7 @@ impl Shard {
             + 8
             + 2
             + 1
-            + NSTD * (8 + 8 + 4 + 4 + 4 + size_of::<Option<Inventory>>())
+            + NSTD * (8 + 4 + 8 + 4 + 4 + 4 + size_of::<Option<Inventory>>())
             + size_of::<Vec<CustomInventory>>()
             + 4 * 3
             + 2 * 2

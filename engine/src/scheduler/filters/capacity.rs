@@ -4,7 +4,7 @@
 //! class (`Capacity(MEMORY_MB)`), so "no valid host" says which resource ran out.
 //! This filter cannot be disabled; the claim re-checks the same rule under the lock.
 
-use super::{Filter, Reason, Rejections, retain};
+use super::{Filter, Reason, Rejections, retain, retain_by};
 use crate::model::ClassId;
 use crate::scheduler::context::RequestContext;
 use crate::state::shard::{NSTD, Shard};
@@ -41,7 +41,15 @@ impl Filter for Capacity {
             );
             let a = amt as i64;
             let a32 = amt as u32; // amounts are validated ≤ MAX_AMOUNT < 2^31
-            retain(alive, n, Reason::Capacity(ClassId(c as u32)), rej, |i| {
+            let reason = Reason::Capacity(ClassId(c as u32));
+            if s.unit_bounds[c].accept(a32) {
+                // Every host's unit rules accept the amount: only room decides, one `i32`
+                // compare per host (exact: `free32` saturates, `a` < 2^31).
+                let a = a32 as i32;
+                retain_by(alive, &s.free32[c][..n], reason, rej, |f| f >= a);
+                continue;
+            }
+            retain(alive, n, reason, rej, |i| {
                 let st = step[i];
                 (free[i] >= a)
                     & (min[i] <= a32)

@@ -2,7 +2,7 @@
 //! least one of its aggregates); several entries must all hold; `forbidden_aggregates`
 //! (`member_of=!in:…`) must not hold any.
 
-use super::{Filter, Reason, Rejections, retain};
+use super::{Filter, Reason, Rejections, retain, retain_by};
 use crate::intern::has_any;
 use crate::scheduler::context::RequestContext;
 use crate::state::shard::Shard;
@@ -25,6 +25,22 @@ impl Filter for MemberOf {
         alive: &mut [u64],
         rej: &mut Rejections,
     ) {
+        // One word of aggregates per host and at most one any-of set: two ANDs on one column
+        // value (only word 0 of the request's sets can meet a one-word row).
+        if s.agg_words == 1 && ctx.member_of.len() <= 1 {
+            if let Some(col) = s.aggs.get(..s.slots()) {
+                let any = ctx
+                    .member_of
+                    .first()
+                    .map(|set| set.first().copied().unwrap_or(0));
+                let (need, any) = (any.is_some(), any.unwrap_or(0));
+                let none = ctx.forbidden_aggregates.first().copied().unwrap_or(0);
+                retain_by(alive, col, Reason::Filter(self.name()), rej, |a| {
+                    (!need | (a & any != 0)) & (a & none == 0)
+                });
+                return;
+            }
+        }
         retain(alive, s.slots(), Reason::Filter(self.name()), rej, |i| {
             let row = s.agg_row(i);
             ctx.member_of.iter().all(|set| has_any(row, set))

@@ -1,7 +1,7 @@
 //! `Traits`: the host must have every required trait (request, flavor `trait:*=required`,
 //! image `trait:*=required`) and none of the forbidden ones.
 
-use super::{Filter, Reason, Rejections, retain};
+use super::{Filter, Reason, Rejections, retain, retain_by};
 use crate::intern::{has_all, has_any};
 use crate::scheduler::context::RequestContext;
 use crate::state::shard::Shard;
@@ -28,6 +28,18 @@ impl Filter for Traits {
     ) {
         let (req, forb) = (&ctx.required_traits[..], &ctx.forbidden_traits[..]);
         let possible = !ctx.unknown_required_trait;
+        // One word of traits per host (fewer than 64 distinct traits), and the request needs
+        // none beyond it: the whole test is two ANDs on one column value.
+        if s.trait_words == 1 && req.iter().skip(1).all(|&w| w == 0) {
+            if let Some(col) = s.traits.get(..s.slots()) {
+                let r = req.first().copied().unwrap_or(0);
+                let f = forb.first().copied().unwrap_or(0);
+                retain_by(alive, col, Reason::Filter(self.name()), rej, |t| {
+                    possible & (t & r == r) & (t & f == 0)
+                });
+                return;
+            }
+        }
         retain(alive, s.slots(), Reason::Filter(self.name()), rej, |i| {
             let row = s.trait_row(i);
             possible && has_all(row, req) && !has_any(row, forb)

@@ -72,6 +72,20 @@ pub fn build(config: &SchedulerConfig) -> Result<Vec<Box<dyn Weigher>>> {
     Ok(out)
 }
 
+/// Writes `f(col[slot])` for each of `slots` into `out`. A column that is 0 everywhere (the
+/// usual state of failure and in-flight counters) is detected with one vectorised pass over
+/// the column and written as `f(0)` throughout, instead of a gather per candidate.
+#[inline]
+pub fn gather_counter(col: &[u32], slots: &[u32], out: &mut [f64], f: impl Fn(u32) -> f64) {
+    if col.iter().fold(0, |acc, &v| acc | v) == 0 {
+        out.fill(f(0));
+        return;
+    }
+    for (o, &i) in out.iter_mut().zip(slots) {
+        *o = f(col[i as usize]);
+    }
+}
+
 /// Nova's normalisation: `(x − min) / (max − min)`, or 0 for every host when all are equal.
 #[inline]
 pub fn normalize(x: f64, min: f64, max: f64) -> f64 {
