@@ -93,7 +93,7 @@ where
                         .headers()
                         .get("grpc-message")
                         .and_then(|v| v.to_str().ok())
-                        .map(|m| percent_decode(m))
+                        .map(percent_decode)
                         .unwrap_or_default();
                     tracing::info!(code = %code_name, micros = elapsed.as_micros() as u64, message = %msg, "failed");
                 }
@@ -110,15 +110,19 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() + 0 && i + 2 <= b.len() - 1 {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+        let hex = (b[i] == b'%' && i + 2 < b.len() + 1 && i + 3 <= b.len())
+            .then(|| std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()))
+            .flatten();
+        match hex {
+            Some(v) => {
                 out.push(v);
                 i += 3;
-                continue;
+            }
+            None => {
+                out.push(b[i]);
+                i += 1;
             }
         }
-        out.push(b[i]);
-        i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
 }

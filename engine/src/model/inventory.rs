@@ -77,7 +77,7 @@ impl Inventory {
         if amount > self.max_unit {
             return Err(format!("{amount} is above max_unit {}", self.max_unit));
         }
-        if amount % self.step_size != 0 {
+        if !amount.is_multiple_of(self.step_size) {
             return Err(format!(
                 "{amount} is not a multiple of step_size {}",
                 self.step_size

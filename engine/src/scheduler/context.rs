@@ -413,10 +413,10 @@ impl RequestContext {
             let mut v = Vec::new();
             for (i, h) in list.iter().enumerate() {
                 validate_name(&format!("{field}[{i}]"), h)?;
-                if let Some(u) = engine.resolve_host(h) {
-                    if let Some(r) = engine.index.get(&u).map(|r| *r) {
-                        v.push((r, 1));
-                    }
+                if let Some(u) = engine.resolve_host(h)
+                    && let Some(r) = engine.index.get(&u).map(|r| *r)
+                {
+                    v.push((r, 1));
                 }
             }
             Ok(HostSet::from_pairs(v))

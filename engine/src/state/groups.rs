@@ -45,14 +45,14 @@ impl GroupState {
 
     /// Records that `consumer` no longer holds `host`.
     pub fn remove_host(&mut self, consumer: &Uuid, host: HostRef) {
-        if let Some(hosts) = self.members.get_mut(consumer) {
-            if let Some(p) = hosts.iter().position(|h| *h == host) {
-                hosts.swap_remove(p);
-                if let Some(n) = self.hosts.get_mut(&host) {
-                    *n -= 1;
-                    if *n == 0 {
-                        self.hosts.remove(&host);
-                    }
+        if let Some(hosts) = self.members.get_mut(consumer)
+            && let Some(p) = hosts.iter().position(|h| *h == host)
+        {
+            hosts.swap_remove(p);
+            if let Some(n) = self.hosts.get_mut(&host) {
+                *n -= 1;
+                if *n == 0 {
+                    self.hosts.remove(&host);
                 }
             }
         }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use dashmap::mapref::entry::Entry;
 use uuid::Uuid;
 
-use super::shard::{ColdHost, DISABLED, ISOLATED, NSTD, NewHost, Shard, UP};
+use super::shard::{ColdHost, DISABLED, ISOLATED, NewHost, Shard, UP};
 use super::{Engine, HostRef};
 use crate::error::{EngineError, Result};
 use crate::model::{
@@ -45,10 +45,10 @@ impl Engine {
 
     /// Finds a provider by uuid or name.
     pub fn resolve_host(&self, name_or_uuid: &str) -> Option<Uuid> {
-        if let Ok(u) = Uuid::parse_str(name_or_uuid) {
-            if self.index.contains_key(&u) {
-                return Some(u);
-            }
+        if let Ok(u) = Uuid::parse_str(name_or_uuid)
+            && self.index.contains_key(&u)
+        {
+            return Some(u);
         }
         self.names.get(name_or_uuid).map(|u| *u)
     }
@@ -235,15 +235,15 @@ impl Engine {
         if !shard.is_present(i) || shard.uuid[i] != *uuid {
             return Err(EngineError::not_found("resource provider", uuid));
         }
-        if let Some(g) = generation {
-            if shard.generation[i] != g {
-                return Err(EngineError::GenerationConflict {
-                    kind: "resource provider",
-                    id: uuid.to_string(),
-                    given: g.to_string(),
-                    current: shard.generation[i].to_string(),
-                });
-            }
+        if let Some(g) = generation
+            && shard.generation[i] != g
+        {
+            return Err(EngineError::GenerationConflict {
+                kind: "resource provider",
+                id: uuid.to_string(),
+                given: g.to_string(),
+                current: shard.generation[i].to_string(),
+            });
         }
         let out = f(&mut shard, i)?;
         shard.generation[i] += 1;
@@ -273,10 +273,10 @@ impl Engine {
     pub(crate) fn info_locked(&self, s: &Shard, i: usize) -> ProviderInfo {
         let classes = self.classes.read();
         let mut usages = Vec::new();
-        for c in 0..NSTD {
+        for (c, class) in STANDARD_CLASSES.iter().enumerate() {
             if let Some(inv) = s.inv[c][i] {
                 usages.push(ProviderUsage {
-                    class: STANDARD_CLASSES[c].to_string(),
+                    class: class.to_string(),
                     used: s.used[c][i],
                     capacity: inv.capacity(),
                     inventory: inv,
@@ -487,9 +487,9 @@ impl Engine {
             .map(str::to_string)
             .collect::<Vec<_>>();
         self.write_provider(uuid, generation, |s, i| {
-            for c in 0..NSTD {
+            for (c, class) in STANDARD_CLASSES.iter().enumerate() {
                 if s.used[c][i] > 0 && !invs.iter().any(|(id, _)| id.std_index() == Some(c)) {
-                    return Err(in_use(uuid, STANDARD_CLASSES[c]));
+                    return Err(in_use(uuid, class));
                 }
             }
             for ci in &s.custom[i] {

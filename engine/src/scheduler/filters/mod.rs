@@ -300,7 +300,7 @@ pub fn build(config: &SchedulerConfig) -> Result<Vec<Box<dyn Filter>>> {
                 ));
             }
         };
-        if out.iter().any(|f: &Box<dyn Filter>| f.name() == name) {
+        if out.iter().any(|f| f.name() == name) {
             return Err(EngineError::invalid(
                 format!("scheduler.filters[{i}]"),
                 format!("{name} listed twice"),

@@ -61,7 +61,7 @@ pub fn build(config: &SchedulerConfig) -> Result<Vec<Box<dyn Weigher>>> {
                 ));
             }
         };
-        if out.iter().any(|w: &Box<dyn Weigher>| w.name() == name) {
+        if out.iter().any(|w| w.name() == name) {
             return Err(EngineError::invalid(
                 format!("scheduler.weighers[{i}]"),
                 format!("{name} listed twice"),
