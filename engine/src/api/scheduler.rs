@@ -8,7 +8,7 @@ use berth_proto::v1::scheduler_server::Scheduler;
 use tonic::{Request, Response, Status};
 
 use super::convert::{request_spec, selection_pb, uuid};
-use super::status::to_status;
+use super::status::{invalid, to_status};
 use crate::Engine;
 
 /// Hosts `Explain` ranks at most.
@@ -38,14 +38,14 @@ impl Scheduler for SchedulerApi {
         match result {
             Ok(sels) => {
                 for s in &sels {
-                    tracing::info!(consumer = %s.consumer, host = %s.host.name, weight = s.weight, "claimed");
+                    tracing::debug!(consumer = %s.consumer, host = %s.host.name, weight = s.weight, "claimed");
                 }
                 Ok(Response::new(pb::SelectDestinationsResponse {
                     selections: sels.into_iter().map(selection_pb).collect(),
                 }))
             }
             Err(e) => {
-                tracing::info!(error = %e, "no placement");
+                tracing::info!(error = %e, "no valid host");
                 Err(to_status(e))
             }
         }
@@ -54,13 +54,35 @@ impl Scheduler for SchedulerApi {
     async fn release(&self, req: Request<pb::ReleaseRequest>) -> R<pb::ReleaseResponse> {
         let c = uuid("consumer_uuid", &req.get_ref().consumer_uuid)?;
         self.engine.release(&c).map_err(to_status)?;
-        tracing::info!(consumer = %c, "released");
+        tracing::debug!(consumer = %c, "released");
         Ok(Response::new(pb::ReleaseResponse {}))
     }
 
     async fn move_claim(&self, req: Request<pb::MoveClaimRequest>) -> R<pb::MoveClaimResponse> {
         let r = req.into_inner();
         let c = uuid("consumer_uuid", &r.consumer_uuid)?;
+        // The contract: a move is for the one consumer named.
+        if let Some(s) = &r.spec {
+            if s.num_instances > 1 {
+                return Err(invalid(
+                    "spec.num_instances",
+                    format!(
+                        "is {}; a move places one instance (0 or 1)",
+                        s.num_instances
+                    ),
+                ));
+            }
+            if s.instance_uuids
+                .iter()
+                .any(|u| uuid("spec.instance_uuids", u).ok() != Some(c))
+                || s.instance_uuids.len() > 1
+            {
+                return Err(invalid(
+                    "spec.instance_uuids",
+                    "must be empty or just consumer_uuid",
+                ));
+            }
+        }
         let spec = request_spec(r.spec)?;
         let start = Instant::now();
         let result = self.engine.move_claim(&c, &spec, r.allow_same_host);

@@ -391,8 +391,10 @@ impl Engine {
     /// Usage of a project (optionally one user within it, computed from the consumers).
     pub fn project_usages(&self, project: &str, user: Option<&str>) -> Result<ProjectUsageReport> {
         validate_name("project_id", project)?;
-        let classes = self.classes.read();
-        if let Some(user) = user {
+        // Gather first, name afterwards: the class table is a leaf lock (see `state`) and
+        // must not be held while visiting consumers, whose entries claims hold while they
+        // read that table (with a class writer queued, the three would deadlock).
+        let (amounts, consumers): (Vec<(ClassId, u64)>, u64) = if let Some(user) = user {
             validate_name("user_id", user)?;
             let mut amounts: BTreeMap<ClassId, u64> = BTreeMap::new();
             let mut consumers = 0;
@@ -406,27 +408,28 @@ impl Engine {
                     }
                 }
             }
-            return Ok(ProjectUsageReport {
-                usages: amounts
-                    .into_iter()
-                    .map(|(c, n)| (classes.name(c.0).to_string(), n))
-                    .collect(),
-                consumers,
-            });
-        }
-        Ok(self
-            .projects
-            .get(project)
-            .map(|p| ProjectUsageReport {
-                usages: p
-                    .amounts
-                    .iter()
-                    .filter(|(_, n)| **n > 0)
-                    .map(|(c, n)| (classes.name(c.0).to_string(), *n))
-                    .collect(),
-                consumers: p.consumers,
-            })
-            .unwrap_or_default())
+            (amounts.into_iter().collect(), consumers)
+        } else {
+            match self.projects.get(project) {
+                Some(p) => (
+                    p.amounts
+                        .iter()
+                        .filter(|(_, n)| **n > 0)
+                        .map(|(c, n)| (*c, *n))
+                        .collect(),
+                    p.consumers,
+                ),
+                None => return Ok(ProjectUsageReport::default()),
+            }
+        };
+        let classes = self.classes.read();
+        Ok(ProjectUsageReport {
+            usages: amounts
+                .into_iter()
+                .map(|(c, n)| (classes.name(c.0).to_string(), n))
+                .collect(),
+            consumers,
+        })
     }
 
     /// Every consumer's uuid (for audits and reconciliation).

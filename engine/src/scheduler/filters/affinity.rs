@@ -61,9 +61,17 @@ impl Filter for ServerGroupAffinity {
         rej: &mut Rejections,
     ) {
         if let Some(g) = &ctx.group {
+            // Members on two hosts (other than the request's own consumer): a sole member
+            // is mid-migration, and no host qualifies until that move finishes (the claim's
+            // re-check says the same).
+            let hosts = if g.hosts.len() > 1 {
+                &[][..]
+            } else {
+                g.hosts.in_shard(si)
+            };
             retain_only(
                 alive,
-                g.hosts.in_shard(si).iter().map(|(h, _)| h.slot),
+                hosts.iter().map(|(h, _)| h.slot),
                 Reason::Filter(self.name()),
                 rej,
             );
