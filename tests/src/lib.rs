@@ -1,1 +1,410 @@
-//! Helpers for the integration tests in tests/tests/.
+//! Helpers for the integration tests in tests/tests/: start the real gRPC server in-process
+//! on a loopback port, connect the clients, build common requests, and check statuses.
+//!
+//! ```no_run
+//! # async fn demo() {
+//! let server = berth_tests::TestServer::start().await;
+//! let mut placement = server.placement.clone();
+//! # let _ = &mut placement;
+//! server.shutdown().await;
+//! # }
+//! ```
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_engine::api::ServerConfig;
+use berth_engine::{Engine, EngineConfig};
+use berth_proto::v1 as pb;
+use berth_proto::v1::catalog_client::CatalogClient;
+use berth_proto::v1::placement_client::PlacementClient;
+use berth_proto::v1::scheduler_client::SchedulerClient;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+use tonic_health::pb::health_client::HealthClient;
+
+pub use berth_proto::v1;
+
+/// How long a test waits for the server to start or stop before failing.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// The result of the server task.
+pub type ServeResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+/// A running in-process server and clients connected to it over loopback TCP.
+///
+/// Dropping it without [`TestServer::shutdown`] still stops the server (the shutdown
+/// signal is sent on drop), but only `shutdown` checks that it stopped cleanly.
+pub struct TestServer {
+    /// Where the server listens (127.0.0.1, an ephemeral port).
+    pub addr: SocketAddr,
+    /// The engine behind the server, for tests that need to peek (they should not need to).
+    pub engine: Arc<Engine>,
+    /// One shared HTTP/2 connection; the clients below are clones over it.
+    pub channel: Channel,
+    /// `berth.v1.Placement` client.
+    pub placement: PlacementClient<Channel>,
+    /// `berth.v1.Scheduler` client.
+    pub scheduler: SchedulerClient<Channel>,
+    /// `berth.v1.Catalog` client.
+    pub catalog: CatalogClient<Channel>,
+    /// `grpc.health.v1.Health` client.
+    pub health: HealthClient<Channel>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<ServeResult>>,
+}
+
+impl TestServer {
+    /// Starts a server with the default engine and server configuration.
+    pub async fn start() -> Self {
+        Self::start_with(EngineConfig::default(), ServerConfig::default()).await
+    }
+
+    /// Starts a server with the given configurations (`listen` and `metrics_listen` are
+    /// ignored: the server always gets a fresh 127.0.0.1 port and no metrics exporter).
+    pub async fn start_with(engine: EngineConfig, server: ServerConfig) -> Self {
+        let engine = Arc::new(Engine::new(engine).expect("engine configuration is valid"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("listener has an address");
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn({
+            let engine = engine.clone();
+            async move {
+                berth_engine::api::serve(engine, &server, listener, async {
+                    let _ = rx.await;
+                })
+                .await
+            }
+        });
+        // The listener is bound already, so connecting cannot race the server's start.
+        let channel = tokio::time::timeout(DEADLINE, connect(addr))
+            .await
+            .expect("server accepts a connection before the deadline")
+            .expect("connect to the test server");
+        Self {
+            addr,
+            engine,
+            placement: PlacementClient::new(channel.clone()),
+            scheduler: SchedulerClient::new(channel.clone()),
+            catalog: CatalogClient::new(channel.clone()),
+            health: HealthClient::new(channel.clone()),
+            channel,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// A new, separate HTTP/2 connection to the server (for tests that want many).
+    pub async fn connect(&self) -> Channel {
+        connect(self.addr)
+            .await
+            .expect("connect to the test server")
+    }
+
+    /// Sends the shutdown signal without waiting for the server to stop (see
+    /// [`TestServer::shutdown`] for that).
+    pub fn signal_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Signals shutdown and waits (with a deadline) for the server to stop; panics unless
+    /// it returned `Ok`.
+    pub async fn shutdown(mut self) {
+        self.signal_shutdown();
+        if let Some(task) = self.task.take() {
+            let res = tokio::time::timeout(DEADLINE, task)
+                .await
+                .expect("server stops before the deadline")
+                .expect("server task did not panic");
+            if let Err(e) = res {
+                panic!("server returned an error: {e}");
+            }
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Connects a channel to `addr` over plain-text HTTP/2.
+pub async fn connect(addr: SocketAddr) -> Result<Channel, tonic::transport::Error> {
+    Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .connect()
+        .await
+}
+
+// ---- Request builders ---------------------------------------------------------------------
+
+/// An inventory with only `total` set (everything else takes the server's defaults).
+pub fn inv(class: &str, total: u64) -> pb::Inventory {
+    pb::Inventory {
+        resource_class: class.into(),
+        total,
+        ..Default::default()
+    }
+}
+
+/// A `ResourceAmount`.
+pub fn amount(class: &str, amount: u64) -> pb::ResourceAmount {
+    pb::ResourceAmount {
+        resource_class: class.into(),
+        amount,
+    }
+}
+
+/// The usual three inventories of a compute host.
+pub fn host_inventories(vcpus: u64, ram_mb: u64, disk_gb: u64) -> Vec<pb::Inventory> {
+    vec![
+        inv("VCPU", vcpus),
+        inv("MEMORY_MB", ram_mb),
+        inv("DISK_GB", disk_gb),
+    ]
+}
+
+/// A create request for a host named `name` with the given inventories.
+pub fn provider_request(
+    name: &str,
+    inventories: Vec<pb::Inventory>,
+) -> pb::CreateResourceProviderRequest {
+    pb::CreateResourceProviderRequest {
+        name: name.into(),
+        inventories,
+        ..Default::default()
+    }
+}
+
+/// Creates a provider and returns it, panicking with the status on failure.
+pub async fn create_provider(
+    client: &mut PlacementClient<Channel>,
+    req: pb::CreateResourceProviderRequest,
+) -> pb::ResourceProvider {
+    let name = req.name.clone();
+    client
+        .create_resource_provider(req)
+        .await
+        .unwrap_or_else(|s| panic!("create provider {name}: {s:?}"))
+        .into_inner()
+        .provider
+        .expect("CreateResourceProvider returns the provider")
+}
+
+/// A request spec for `resources`, owned by `project` (user `user-1`).
+pub fn spec(resources: &[(&str, u64)], project: &str) -> pb::RequestSpec {
+    pb::RequestSpec {
+        resources: resources.iter().map(|(c, n)| amount(c, *n)).collect(),
+        project_id: project.into(),
+        user_id: "user-1".into(),
+        ..Default::default()
+    }
+}
+
+/// A new random uuid as a string.
+pub fn new_uuid() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+// ---- Reads ----------------------------------------------------------------------------------
+
+/// `GetResourceProvider`, panicking on failure.
+pub async fn get_provider(
+    client: &mut PlacementClient<Channel>,
+    uuid: &str,
+) -> pb::ResourceProvider {
+    client
+        .get_resource_provider(pb::GetResourceProviderRequest { uuid: uuid.into() })
+        .await
+        .unwrap_or_else(|s| panic!("get provider {uuid}: {s:?}"))
+        .into_inner()
+        .provider
+        .expect("GetResourceProvider returns the provider")
+}
+
+/// `GetProviderUsages`, panicking on failure.
+pub async fn provider_usages(
+    client: &mut PlacementClient<Channel>,
+    uuid: &str,
+) -> pb::GetProviderUsagesResponse {
+    client
+        .get_provider_usages(pb::GetProviderUsagesRequest { uuid: uuid.into() })
+        .await
+        .unwrap_or_else(|s| panic!("usages of {uuid}: {s:?}"))
+        .into_inner()
+}
+
+/// `GetAllocations`, panicking on failure.
+pub async fn allocations(
+    client: &mut PlacementClient<Channel>,
+    consumer: &str,
+) -> pb::GetAllocationsResponse {
+    client
+        .get_allocations(pb::GetAllocationsRequest {
+            consumer_uuid: consumer.into(),
+        })
+        .await
+        .unwrap_or_else(|s| panic!("allocations of {consumer}: {s:?}"))
+        .into_inner()
+}
+
+/// `GetProjectUsages` for a whole project, panicking on failure.
+pub async fn project_usages(
+    client: &mut PlacementClient<Channel>,
+    project: &str,
+) -> pb::GetProjectUsagesResponse {
+    client
+        .get_project_usages(pb::GetProjectUsagesRequest {
+            project_id: project.into(),
+            user_id: None,
+        })
+        .await
+        .unwrap_or_else(|s| panic!("usages of project {project}: {s:?}"))
+        .into_inner()
+}
+
+/// `used` of `class` in a usage list (0 if the class is absent).
+pub fn used_of(usages: &[pb::ProviderUsage], class: &str) -> u64 {
+    usages
+        .iter()
+        .find(|u| u.resource_class == class)
+        .map_or(0, |u| u.used)
+}
+
+// ---- Status checks --------------------------------------------------------------------------
+
+/// Asserts that `res` failed with `code` and that the message contains every one of
+/// `words`; returns the status for further checks.
+#[track_caller]
+pub fn expect_status<T: std::fmt::Debug>(
+    res: Result<tonic::Response<T>, Status>,
+    code: Code,
+    words: &[&str],
+) -> Status {
+    let status = match res {
+        Ok(r) => panic!(
+            "expected {code:?} containing {words:?}, got OK: {:?}",
+            r.into_inner()
+        ),
+        Err(s) => s,
+    };
+    assert_eq!(
+        status.code(),
+        code,
+        "wrong code (message: {:?})",
+        status.message()
+    );
+    for w in words {
+        assert!(
+            status.message().contains(w),
+            "{code:?} message {:?} should contain {w:?}",
+            status.message()
+        );
+    }
+    status
+}
+
+// ---- The real binary ------------------------------------------------------------------------
+
+/// Path of the `berth-engine` binary, built if needed (once per test process) with the
+/// same profile as the running test, so it is never stale.
+///
+/// Cargo only builds a package's binaries for that package's own tests (and for
+/// `cargo test --workspace`, where it is already fresh). Otherwise, when the binary is
+/// missing or older than any source it is built from (`engine/`, `proto/`, `berth.toml`,
+/// `Cargo.lock`), this runs `cargo build -p berth-engine --bin berth-engine` into the same
+/// target directory. `BERTH_ENGINE_BIN` overrides it all with a prebuilt binary.
+pub fn berth_engine_binary() -> std::path::PathBuf {
+    static BIN: std::sync::OnceLock<Result<std::path::PathBuf, String>> =
+        std::sync::OnceLock::new();
+    BIN.get_or_init(build_berth_engine)
+        .clone()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn build_berth_engine() -> Result<std::path::PathBuf, String> {
+    if let Some(p) = std::env::var_os("BERTH_ENGINE_BIN") {
+        return Ok(p.into());
+    }
+    // target/<profile dir>/deps/<this test> → target/<profile dir>
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .ok_or_else(|| format!("unexpected test binary location {}", exe.display()))?;
+    let target_dir = profile_dir
+        .parent()
+        .ok_or_else(|| format!("no target dir above {}", profile_dir.display()))?;
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => "test".to_string(),
+        Some(other) => other.to_string(),
+        None => return Err(format!("odd profile dir {}", profile_dir.display())),
+    };
+    let bin = profile_dir.join(format!("berth-engine{}", std::env::consts::EXE_SUFFIX));
+    let root = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    let sources =
+        ["engine", "proto", "berth.toml", "Cargo.lock", "Cargo.toml"].map(|p| root.join(p));
+    let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
+    if built.is_some_and(|b| sources.iter().all(|p| newest_mtime(p) <= Some(b))) {
+        return Ok(bin);
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml");
+    let out = std::process::Command::new(&cargo)
+        .args(["build", "--quiet", "--manifest-path", manifest, "--profile"])
+        .arg(&profile)
+        .arg("--target-dir")
+        .arg(target_dir)
+        .args(["-p", "berth-engine", "--bin", "berth-engine"])
+        .output()
+        .map_err(|e| format!("running {cargo}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "building berth-engine failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    if !bin.is_file() {
+        return Err(format!("{} missing after the build", bin.display()));
+    }
+    Ok(bin)
+}
+
+/// The newest modification time of a file, or of any file under a directory (skipping
+/// `target` directories).
+fn newest_mtime(path: &std::path::Path) -> Option<std::time::SystemTime> {
+    let meta = std::fs::metadata(path).ok()?;
+    let own = meta.modified().ok();
+    if !meta.is_dir() {
+        return own;
+    }
+    let mut newest = own;
+    for entry in std::fs::read_dir(path).ok()?.flatten() {
+        if entry.file_name() == "target" {
+            continue;
+        }
+        newest = newest.max(newest_mtime(&entry.path()));
+    }
+    newest
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released: another process may take it before
+/// the caller does, which the caller then sees as a bind failure).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("an ephemeral port")
+}

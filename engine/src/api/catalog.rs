@@ -50,22 +50,31 @@ fn policy_pb(p: GroupPolicy) -> pb::ServerGroupPolicy {
 }
 
 fn group_pb(engine: &Engine, g: ServerGroup) -> pb::ServerGroup {
+    // Host uuids, sorted (the engine sorts by host name).
+    let mut hosts: Vec<String> = g
+        .hosts
+        .iter()
+        .map(|(name, _)| {
+            engine
+                .resolve_host(name)
+                .map_or_else(|| name.clone(), |u| u.to_string())
+        })
+        .collect();
+    hosts.sort();
+    hosts.dedup();
     pb::ServerGroup {
         id: g.id.to_string(),
         name: g.name,
         policy: policy_pb(g.policy) as i32,
-        max_server_per_host: g.max_server_per_host,
+        // The contract: the effective limit for anti-affinity, 0 for every other policy.
+        max_server_per_host: if g.policy == GroupPolicy::AntiAffinity {
+            g.max_server_per_host
+        } else {
+            0
+        },
         project_id: g.project_id,
         members: g.members.iter().map(|m| m.to_string()).collect(),
-        hosts: g
-            .hosts
-            .iter()
-            .map(|(name, _)| {
-                engine
-                    .resolve_host(name)
-                    .map_or_else(|| name.clone(), |u| u.to_string())
-            })
-            .collect(),
+        hosts,
     }
 }
 
@@ -79,7 +88,8 @@ impl Catalog for CatalogApi {
         let f = self
             .engine
             .create_flavor(FlavorSpec {
-                id: opt_str(r.id),
+                // The contract: an empty id means the server generates a UUID.
+                id: Some(opt_str(r.id).unwrap_or_else(|| uuid::Uuid::new_v4().to_string())),
                 name: r.name,
                 vcpus: u64::from(r.vcpus),
                 ram_mb: r.ram_mb,

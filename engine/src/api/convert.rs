@@ -47,6 +47,7 @@ pub fn inventory(inv: &pb::Inventory) -> (String, Inventory) {
             } else {
                 inv.min_unit
             },
+            // Placement's INVENTORY_DEFAULTS: max_unit is MAX_INT (2^31 - 1), not total.
             max_unit: if inv.max_unit == 0 {
                 d.max_unit
             } else {
@@ -79,10 +80,26 @@ pub fn inventory_pb(class: &str, inv: &Inventory) -> pb::Inventory {
     }
 }
 
-/// Provider usages on the wire.
+/// A provider's usages sorted by resource class name, as the contract lists them (the
+/// engine keeps standard classes first).
+fn sorted_usages(info: &ProviderInfo) -> Vec<&crate::model::ProviderUsage> {
+    let mut v: Vec<_> = info.usages.iter().collect();
+    v.sort_by(|a, b| a.class.cmp(&b.class));
+    v
+}
+
+/// A provider's inventories on the wire, sorted by resource class.
+pub fn inventories_pb(info: &ProviderInfo) -> Vec<pb::Inventory> {
+    sorted_usages(info)
+        .into_iter()
+        .map(|u| inventory_pb(&u.class, &u.inventory))
+        .collect()
+}
+
+/// Provider usages on the wire, sorted by resource class.
 pub fn usages_pb(info: &ProviderInfo) -> Vec<pb::ProviderUsage> {
-    info.usages
-        .iter()
+    sorted_usages(info)
+        .into_iter()
         .map(|u| pb::ProviderUsage {
             resource_class: u.class.clone(),
             used: u.used,
@@ -103,11 +120,7 @@ pub fn provider_pb(info: ProviderInfo) -> pb::ResourceProvider {
         availability_zone: info.availability_zone.clone(),
         traits: info.traits.clone(),
         aggregates: info.aggregates.clone(),
-        inventories: info
-            .usages
-            .iter()
-            .map(|u| inventory_pb(&u.class, &u.inventory))
-            .collect(),
+        inventories: inventories_pb(&info),
         usages: usages_pb(&info),
         up: info.up,
         disabled: info.disabled,
@@ -169,6 +182,19 @@ pub fn allocations_pb(v: &[Allocation]) -> Vec<pb::Allocation> {
 /// A request spec from the wire.
 pub fn request_spec(spec: Option<pb::RequestSpec>) -> Result<RequestSpec, Status> {
     let s = spec.ok_or_else(|| invalid("spec", "is required"))?;
+    // The contract: with instance_uuids, num_instances is 0 (meaning their number) or equal
+    // to their number.
+    let num_instances = match (s.num_instances, s.instance_uuids.len()) {
+        (n, 0) => n,
+        (0, k) => u32::try_from(k).unwrap_or(u32::MAX),
+        (n, k) if n as usize == k => n,
+        (n, k) => {
+            return Err(invalid(
+                "spec.num_instances",
+                format!("is {n} but {k} instance_uuids are given; it must be 0 or {k}"),
+            ));
+        }
+    };
     let uuids = |field: &str, v: &[String]| -> Result<Vec<Uuid>, Status> {
         v.iter()
             .enumerate()
@@ -185,7 +211,7 @@ pub fn request_spec(spec: Option<pb::RequestSpec>) -> Result<RequestSpec, Status
         availability_zone: opt_str(s.availability_zone),
         group: opt_str(s.group),
         image: opt_str(s.image),
-        num_instances: s.num_instances,
+        num_instances,
         instance_uuids: uuids("instance_uuids", &s.instance_uuids)?,
         ignore_hosts: s.ignore_hosts,
         force_hosts: s.force_hosts,

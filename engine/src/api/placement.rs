@@ -8,8 +8,7 @@ use berth_proto::v1::placement_server::Placement;
 use tonic::{Request, Response, Status};
 
 use super::convert::{
-    self, allocations, allocations_pb, amounts, btree, inventory, inventory_pb, opt_str,
-    provider_pb, uuid,
+    self, allocations, allocations_pb, amounts, btree, inventory, opt_str, provider_pb, uuid,
 };
 use super::paging::page;
 use super::status::{invalid, to_status};
@@ -25,9 +24,140 @@ pub struct PlacementApi {
 
 type R<T> = Result<Response<T>, Status>;
 
+/// The contract's limit on provider names, in characters (the engine's general rule for
+/// names allows 255 bytes).
+const MAX_PROVIDER_NAME_CHARS: usize = 200;
+
+fn check_provider_name(name: &str) -> Result<(), Status> {
+    let n = name.chars().count();
+    if n > MAX_PROVIDER_NAME_CHARS {
+        return Err(invalid(
+            "name",
+            format!("is {n} characters long; at most {MAX_PROVIDER_NAME_CHARS}"),
+        ));
+    }
+    Ok(())
+}
+
 impl PlacementApi {
     fn provider(&self, u: &uuid::Uuid) -> Result<crate::model::ProviderInfo, Status> {
         self.engine.get_provider(u).map_err(to_status)
+    }
+}
+
+/// Read-only pre-checks that stop a request before the engine registers new names.
+///
+/// The engine interns new custom resource classes and traits while it validates a write
+/// (`state/providers.rs`: `validated_inventories`, `validated_traits`), before its later
+/// checks (other fields, a taken name or uuid, the provider generation, classes in use). A
+/// request rejected by one of those would leave the names registered, visible in
+/// ListResourceClasses / ListTraits and making CreateResourceClass answer ALREADY_EXISTS.
+/// These run the same rules first, with the engine's field names; the engine still checks
+/// everything atomically (a concurrent write between the two can still leak a name).
+mod precheck {
+    use std::collections::HashSet;
+
+    use tonic::Status;
+
+    use super::to_status;
+    use crate::error::EngineError;
+    use crate::model::{
+        Inventory, ProviderInfo, ProviderSpec, validate_aggregate, validate_az,
+        validate_class_name, validate_name, validate_trait,
+    };
+
+    pub(super) fn inventories(invs: &[(String, Inventory)]) -> Result<(), Status> {
+        let mut seen = HashSet::new();
+        for (i, (class, inv)) in invs.iter().enumerate() {
+            validate_class_name(&format!("inventories[{i}].resource_class"), class)
+                .map_err(to_status)?;
+            inv.validate(&format!("inventories[{class}]"))
+                .map_err(to_status)?;
+            if !seen.insert(class.as_str()) {
+                return Err(to_status(EngineError::invalid(
+                    format!("inventories[{class}]"),
+                    "resource class listed twice",
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn traits(traits: &[String]) -> Result<(), Status> {
+        for (i, t) in traits.iter().enumerate() {
+            validate_trait(&format!("traits[{i}]"), t).map_err(to_status)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn generation(info: &ProviderInfo, given: u64) -> Result<(), Status> {
+        if info.generation != given {
+            return Err(to_status(EngineError::GenerationConflict {
+                kind: "resource provider",
+                id: info.uuid.to_string(),
+                given: given.to_string(),
+                current: info.generation.to_string(),
+            }));
+        }
+        Ok(())
+    }
+
+    /// Classes with usage that the new inventory list leaves out.
+    pub(super) fn in_use(info: &ProviderInfo, invs: &[(String, Inventory)]) -> Result<(), Status> {
+        for u in &info.usages {
+            if u.used > 0 && !invs.iter().any(|(c, _)| *c == u.class) {
+                return Err(to_status(EngineError::FailedPrecondition(format!(
+                    "resource provider {} has allocations of {}; its inventory cannot be removed",
+                    info.uuid, u.class
+                ))));
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn create(engine: &crate::Engine, spec: &ProviderSpec) -> Result<(), Status> {
+        let check = || -> crate::Result<()> {
+            for (i, a) in spec.aggregates.iter().enumerate() {
+                validate_aggregate(&format!("aggregates[{i}]"), a)?;
+            }
+            if let Some(az) = &spec.availability_zone {
+                validate_az("availability_zone", az)?;
+            }
+            if let Some(a) = &spec.arch {
+                validate_name("arch", a)?;
+            }
+            if let Some(h) = &spec.hypervisor_type {
+                validate_name("hypervisor_type", h)?;
+            }
+            if let Some(v) = &spec.hypervisor_version
+                && crate::scheduler::extra_specs_ops::parse_version(v).is_none()
+            {
+                return Err(EngineError::invalid(
+                    "hypervisor_version",
+                    format!("{v:?} is not a version like 8.2.0"),
+                ));
+            }
+            if let Some(u) = &spec.uuid {
+                if u.is_nil() {
+                    return Err(EngineError::invalid(
+                        "uuid",
+                        "the nil uuid is not a provider id",
+                    ));
+                }
+                if engine.index.contains_key(u) {
+                    return Err(EngineError::exists("resource provider", u));
+                }
+            }
+            if engine.names.contains_key(spec.name.as_str()) {
+                return Err(EngineError::exists("resource provider named", &spec.name));
+            }
+            Ok(())
+        };
+        // The engine's order: the name, then inventories, traits and the rest.
+        validate_name("name", &spec.name).map_err(to_status)?;
+        inventories(&spec.inventories)?;
+        traits(&spec.traits)?;
+        check().map_err(to_status)
     }
 }
 
@@ -38,6 +168,7 @@ impl Placement for PlacementApi {
         req: Request<pb::CreateResourceProviderRequest>,
     ) -> R<pb::CreateResourceProviderResponse> {
         let r = req.into_inner();
+        check_provider_name(&r.name)?;
         let spec = ProviderSpec {
             uuid: convert::opt_uuid("uuid", &r.uuid)?,
             name: r.name,
@@ -50,6 +181,7 @@ impl Placement for PlacementApi {
             hypervisor_type: opt_str(r.hypervisor_type),
             hypervisor_version: opt_str(r.hypervisor_version),
         };
+        precheck::create(&self.engine, &spec)?;
         let info = self.engine.create_provider(spec).map_err(to_status)?;
         tracing::info!(uuid = %info.uuid, name = %info.name, "resource provider created");
         Ok(Response::new(pb::CreateResourceProviderResponse {
@@ -72,14 +204,19 @@ impl Placement for PlacementApi {
         req: Request<pb::ListResourceProvidersRequest>,
     ) -> R<pb::ListResourceProvidersResponse> {
         let r = req.into_inner();
+        let exact_name = opt_str(r.name);
         let filter = ProviderFilter {
-            name_contains: opt_str(r.name),
+            name_contains: exact_name.clone(),
             availability_zone: opt_str(r.availability_zone),
             required_traits: r.required_traits,
             member_of: r.member_of,
             resources: amounts("resources", &r.resources)?,
         };
-        let all = self.engine.list_providers(&filter).map_err(to_status)?;
+        let mut all = self.engine.list_providers(&filter).map_err(to_status)?;
+        // The contract's `name` is an exact match; the engine's filter is a substring.
+        if let Some(n) = &exact_name {
+            all.retain(|p| &p.name == n);
+        }
         let (items, next) = page(all, r.page_size, &r.page_token, |p| p.uuid.to_string())?;
         Ok(Response::new(pb::ListResourceProvidersResponse {
             providers: items.into_iter().map(provider_pb).collect(),
@@ -93,9 +230,20 @@ impl Placement for PlacementApi {
     ) -> R<pb::UpdateResourceProviderResponse> {
         let r = req.into_inner();
         let u = uuid("uuid", &r.uuid)?;
+        if let Some(n) = &r.name {
+            check_provider_name(n)?;
+        }
+        // An empty zone means the default zone.
+        let availability_zone = r.availability_zone.map(|z| {
+            if z.is_empty() {
+                self.engine.config().default_availability_zone.clone()
+            } else {
+                z
+            }
+        });
         let update = ProviderUpdate {
             name: r.name,
-            availability_zone: r.availability_zone,
+            availability_zone,
             capabilities: r.capabilities.map(|c| btree(c.entries)),
         };
         let info = self
@@ -125,11 +273,7 @@ impl Placement for PlacementApi {
         let info = self.provider(&u)?;
         Ok(Response::new(pb::GetInventoriesResponse {
             generation: info.generation,
-            inventories: info
-                .usages
-                .iter()
-                .map(|u| inventory_pb(&u.class, &u.inventory))
-                .collect(),
+            inventories: convert::inventories_pb(&info),
         }))
     }
 
@@ -140,17 +284,17 @@ impl Placement for PlacementApi {
         let r = req.into_inner();
         let u = uuid("uuid", &r.uuid)?;
         let invs: Vec<_> = r.inventories.iter().map(inventory).collect();
+        precheck::inventories(&invs)?;
+        let current = self.provider(&u)?;
+        precheck::generation(&current, r.generation)?;
+        precheck::in_use(&current, &invs)?;
         self.engine
             .set_inventories(&u, Some(r.generation), &invs)
             .map_err(to_status)?;
         let info = self.provider(&u)?;
         Ok(Response::new(pb::ReplaceInventoriesResponse {
             generation: info.generation,
-            inventories: info
-                .usages
-                .iter()
-                .map(|u| inventory_pb(&u.class, &u.inventory))
-                .collect(),
+            inventories: convert::inventories_pb(&info),
         }))
     }
 
@@ -169,6 +313,8 @@ impl Placement for PlacementApi {
     ) -> R<pb::ReplaceTraitsResponse> {
         let r = req.into_inner();
         let u = uuid("uuid", &r.uuid)?;
+        precheck::traits(&r.traits)?;
+        precheck::generation(&self.provider(&u)?, r.generation)?;
         self.engine
             .set_traits(&u, Some(r.generation), &r.traits)
             .map_err(to_status)?;
@@ -248,8 +394,10 @@ impl Placement for PlacementApi {
         &self,
         _: Request<pb::ListResourceClassesRequest>,
     ) -> R<pb::ListResourceClassesResponse> {
+        let mut resource_classes = self.engine.list_resource_classes();
+        resource_classes.sort();
         Ok(Response::new(pb::ListResourceClassesResponse {
-            resource_classes: self.engine.list_resource_classes(),
+            resource_classes,
         }))
     }
 
@@ -270,8 +418,26 @@ impl Placement for PlacementApi {
     ) -> R<pb::GetAllocationsResponse> {
         let c = uuid("consumer_uuid", &req.get_ref().consumer_uuid)?;
         let a = self.engine.get_allocations(&c).map_err(to_status)?;
-        let mut all = a.allocations;
-        all.extend(a.moving);
+        // One entry per provider, sorted by provider: during a move the source and
+        // destination allocations are merged (summed on a provider holding both).
+        let mut merged: std::collections::BTreeMap<uuid::Uuid, Vec<(String, u64)>> =
+            std::collections::BTreeMap::new();
+        for alloc in a.allocations.into_iter().chain(a.moving) {
+            let entry = merged.entry(alloc.provider).or_default();
+            for (class, n) in alloc.resources {
+                match entry.iter_mut().find(|(c, _)| *c == class) {
+                    Some((_, m)) => *m += n,
+                    None => entry.push((class, n)),
+                }
+            }
+        }
+        let all: Vec<crate::model::Allocation> = merged
+            .into_iter()
+            .map(|(provider, resources)| crate::model::Allocation {
+                provider,
+                resources,
+            })
+            .collect();
         Ok(Response::new(pb::GetAllocationsResponse {
             consumer_generation: a.generation,
             project_id: a.project_id,
@@ -329,10 +495,12 @@ impl Placement for PlacementApi {
         req: Request<pb::GetProjectUsagesRequest>,
     ) -> R<pb::GetProjectUsagesResponse> {
         let r = req.into_inner();
-        let rep = self
+        let mut rep = self
             .engine
             .project_usages(&r.project_id, r.user_id.as_deref())
             .map_err(to_status)?;
+        // Sorted by class name (the engine orders by class id).
+        rep.usages.sort();
         Ok(Response::new(pb::GetProjectUsagesResponse {
             usages: rep
                 .usages
