@@ -1,0 +1,175 @@
+//! From configuration to a described host: opens the hypervisor (writing a simulated node file
+//! first when asked), sizes instance disk, and builds the [`Registration`] the agent will
+//! send. `berth-node --once` prints [`describe`]'s report.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use crate::config::{DiskSource, NodeConfig};
+use crate::error::NodeError;
+use crate::hypervisor::Hypervisor;
+use crate::inventory::{Registration, inventories};
+use crate::libvirt::{LibvirtHypervisor, LibvirtOptions};
+
+const GIB: u64 = 1024 * 1024 * 1024;
+
+/// Size in GiB (rounded down) of the filesystem holding `dir`. A directory that does not exist
+/// yet is measured at its nearest existing parent: that is where it will be created.
+///
+/// # Errors
+/// `Io` when no ancestor can be measured.
+pub fn filesystem_gb(dir: &Path) -> Result<u64, NodeError> {
+    let mut probe: PathBuf = dir.to_path_buf();
+    while !probe.exists() {
+        match probe.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => probe = parent.to_path_buf(),
+            _ => {
+                probe = PathBuf::from(".");
+                break;
+            }
+        }
+    }
+    if probe != dir {
+        tracing::warn!(
+            dir = %dir.display(),
+            measured = %probe.display(),
+            "instances directory does not exist; sizing DISK_GB from its parent's filesystem"
+        );
+    }
+    let st = rustix::fs::statvfs(&probe).map_err(|e| NodeError::Io {
+        path: probe.clone(),
+        source: e.into(),
+    })?;
+    Ok(st.f_blocks.saturating_mul(st.f_frsize) / GIB)
+}
+
+/// Opens libvirt as `cfg` says: the configured URI, or a freshly written test-node file.
+///
+/// # Errors
+/// `Io` when the node file cannot be written or the disk cannot be measured; `Hypervisor`
+/// when libvirt cannot be opened.
+pub fn open_hypervisor(cfg: &NodeConfig) -> Result<LibvirtHypervisor, NodeError> {
+    let uri = match &cfg.test_node {
+        Some(t) => t.node.write(&t.file).map_err(|source| NodeError::Io {
+            path: t.file.clone(),
+            source,
+        })?,
+        None => cfg.libvirt_uri.clone(),
+    };
+    let disk_gb = match &cfg.disk {
+        DiskSource::Fixed(gb) => *gb,
+        DiskSource::Filesystem(dir) => filesystem_gb(dir)?,
+    };
+    tracing::info!(%uri, disk_gb, "opening libvirt");
+    Ok(LibvirtHypervisor::connect(LibvirtOptions {
+        uri,
+        disk_gb,
+        shutdown_timeout: cfg.shutdown_timeout,
+    })?)
+}
+
+/// What this node will register: `hypervisor`'s totals under `cfg`'s policy.
+///
+/// # Errors
+/// `Hypervisor` when node info cannot be read; `Config` when the policy does not fit the host
+/// (reserved beyond total).
+pub fn registration(
+    cfg: &NodeConfig,
+    hypervisor: &dyn Hypervisor,
+) -> Result<Registration, NodeError> {
+    let node = hypervisor.node_info()?;
+    let inventories = inventories(&node, &cfg.resources)?;
+    Ok(Registration {
+        name: cfg.name.clone(),
+        availability_zone: cfg.availability_zone.clone(),
+        traits: cfg.traits.clone(),
+        node,
+        inventories,
+        live_migration: hypervisor.live_migration_supported(),
+    })
+}
+
+/// The `--once` report: the registration, then every domain the hypervisor has.
+///
+/// # Errors
+/// As [`registration`], and `Hypervisor` when domains cannot be listed.
+pub fn describe(cfg: &NodeConfig, hypervisor: &dyn Hypervisor) -> Result<String, NodeError> {
+    let mut out = registration(cfg, hypervisor)?.to_string();
+    let mut domains = hypervisor.list_domains()?;
+    domains.sort_by(|a, b| a.name.cmp(&b.name));
+    // Writing to a String cannot fail.
+    let _ = writeln!(out, "domains: {}", domains.len());
+    for d in &domains {
+        let _ = writeln!(out, "  {} {:<9} {}", d.uuid, d.state.as_str(), d.name);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+    use crate::fake::FakeHypervisor;
+    use crate::hypervisor::InstanceSpec;
+
+    #[test]
+    fn filesystem_size_is_measured_at_the_nearest_existing_parent() {
+        let dir = tempfile::tempdir().unwrap();
+        let here = filesystem_gb(dir.path()).unwrap();
+        let deeper = filesystem_gb(&dir.path().join("not/yet/created")).unwrap();
+        assert_eq!(here, deeper);
+        // Same filesystem as the temp dir's parent, so the same size.
+        assert_eq!(here, filesystem_gb(dir.path().parent().unwrap()).unwrap());
+    }
+
+    #[test]
+    fn describe_reports_inventory_and_domains_of_any_hypervisor() {
+        let cfg = NodeConfig::resolve(
+            Settings {
+                traits: Some(vec!["CUSTOM_GPU".into()]),
+                ..Settings::default()
+            },
+            || "fake-host".into(),
+        )
+        .unwrap();
+        let fake = FakeHypervisor::default();
+        let spec = InstanceSpec {
+            uuid: uuid::Uuid::new_v4(),
+            name: "vm-1".into(),
+            vcpus: 1,
+            memory_mb: 256,
+            disk_gb: 1,
+            image_id: "i".into(),
+            image_name: "i".into(),
+            flavor_name: "f".into(),
+            metadata: Default::default(),
+        };
+        fake.spawn(&spec).unwrap();
+        fake.pause(spec.uuid).unwrap();
+        let text = describe(&cfg, &fake).unwrap();
+        assert!(text.starts_with("node fake-host\n"), "{text}");
+        assert!(text.contains("CUSTOM_GPU"));
+        // FakeHypervisor::default() is 16 vCPUs × 4.0, 64 GiB − 512 MiB, 1000 GB.
+        assert!(text.contains(" 64\n"), "{text}");
+        assert!(text.contains(" 65024\n"), "{text}");
+        assert!(text.contains("domains: 1\n"));
+        assert!(
+            text.contains(&format!("{} PAUSED    vm-1", spec.uuid)),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_policy_that_does_not_fit_the_host_is_an_error() {
+        let cfg = NodeConfig::resolve(
+            Settings {
+                reserved_vcpus: Some(17),
+                ..Settings::default()
+            },
+            || "h".into(),
+        )
+        .unwrap();
+        let err = registration(&cfg, &FakeHypervisor::default()).unwrap_err();
+        assert!(err.to_string().contains("reserved_vcpus"), "{err}");
+    }
+}

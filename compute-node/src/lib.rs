@@ -1,0 +1,35 @@
+//! `berth-node`: the per-host daemon that reports a host's capacity to the Berth engine and
+//! runs its instances through libvirt.
+//!
+//! Module map (where each thing lives):
+//! - [`hypervisor`]: the `Hypervisor` trait, its state machine and error type — the contract
+//!   every driver honours. Start here.
+//! - [`fake`]: `FakeHypervisor`, the in-memory reference implementation with fault injection
+//!   (failing spawns, delays, lost domains), for tests and the load harness.
+//! - [`libvirt`]: `LibvirtHypervisor`, the contract over libvirt (`virt` crate); also what the
+//!   libvirt test driver does and does not support.
+//! - [`domain_xml`]: libvirt domain XML from an `InstanceSpec`, with validation and escaping.
+//! - [`testnode`]: node files for libvirt's test driver, simulating a host of any size.
+//! - [`inventory`]: Placement inventory (totals, reserved, ratios) and the `Registration`
+//!   the node sends.
+//! - [`config`]: flags, environment and TOML settings, resolved into a `NodeConfig`.
+//! - [`host`]: from `NodeConfig` to an open hypervisor and the `--once` report.
+//! - [`error`]: `NodeError`, the daemon's fatal errors.
+//!
+//! The agent (Register, heartbeats and actions over the engine's Nodes stream) arrives with the
+//! Nodes stream; it will call the `Hypervisor` methods in `tokio::task::spawn_blocking`.
+
+pub mod config;
+pub mod domain_xml;
+pub mod error;
+pub mod fake;
+pub mod host;
+pub mod hypervisor;
+pub mod inventory;
+pub mod libvirt;
+pub mod testnode;
+
+pub use error::NodeError;
+pub use hypervisor::{
+    ActionKind, DomainStatus, Hypervisor, HypervisorError, InstanceSpec, NodeInfo, PowerState,
+};
