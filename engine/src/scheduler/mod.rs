@@ -14,6 +14,8 @@
 //!    after a full round of losses scan again (3 rounds at most).
 
 pub mod context;
+#[cfg(test)]
+mod equivalence_tests;
 pub mod extra_specs_ops;
 pub mod filters;
 pub mod weighers;
@@ -120,10 +122,30 @@ struct ShardScan {
     /// Survivors' slots (exactly the survivors).
     slots: Vec<u32>,
     /// Weigher-major raw values: `raw[w * slots.len() + k]` (the buffer may be longer).
+    /// Stale for a weigher with a `uniform` value: read through [`ShardScan::raw_at`].
     raw: Vec<f64>,
+    /// Per weigher: the value of every candidate, when [`Weigher::uniform`] knew it.
+    uniform: SmallVec<[Option<f64>; 8]>,
     /// Per weigher: smallest and largest raw value in this shard.
     min: SmallVec<[f64; 8]>,
     max: SmallVec<[f64; 8]>,
+    /// Per weigher and block of [`BLOCK`] candidates, weigher-major
+    /// (`[w * blocks + b]`): smallest and largest raw value, for [`Engine::top`]'s bounds.
+    block_min: Vec<f64>,
+    block_max: Vec<f64>,
+}
+
+/// Candidates per block in [`Engine::top`]'s pruning.
+const BLOCK: usize = 64;
+
+impl ShardScan {
+    /// Weigher `w`'s raw value for candidate `j`.
+    fn raw_at(&self, w: usize, j: usize) -> f64 {
+        match self.uniform[w] {
+            Some(v) => v,
+            None => self.raw[w * self.slots.len() + j],
+        }
+    }
 }
 
 /// A whole scan: candidates per shard plus the normalisation bounds.
@@ -150,10 +172,10 @@ impl Drop for Scan {
         let shards = std::mem::take(&mut self.shards);
         // Fails only while the thread is exiting; the buffers are then just freed.
         let _ = SCAN_BUFFERS.try_with(|b| {
-            if let Ok(mut b) = b.try_borrow_mut() {
-                if b.is_empty() {
-                    *b = shards;
-                }
+            if let Ok(mut b) = b.try_borrow_mut()
+                && b.is_empty()
+            {
+                *b = shards;
             }
         });
     }
@@ -204,12 +226,26 @@ impl Engine {
             }
             out.min.clear();
             out.max.clear();
+            out.block_min.clear();
+            out.block_max.clear();
+            out.uniform.clear();
             if n > 0 {
+                let nb = n.div_ceil(BLOCK);
                 for (k, &wi) in wsel.iter().enumerate() {
+                    let w = &self.weighers[wi];
+                    if let Some(v) = w.uniform(ctx, &shard) {
+                        out.uniform.push(Some(v));
+                        out.block_min.extend(std::iter::repeat_n(v, nb));
+                        out.block_max.extend(std::iter::repeat_n(v, nb));
+                        out.min.push(v);
+                        out.max.push(v);
+                        continue;
+                    }
+                    out.uniform.push(None);
                     let raw = &mut out.raw[k * n..(k + 1) * n];
-                    self.weighers[wi].weigh(ctx, &shard, si as u32, &out.slots, raw);
+                    w.weigh(ctx, &shard, si as u32, &out.slots, raw);
                     // Bounds while the values are still in L1.
-                    let (lo, hi) = bounds(raw);
+                    let (lo, hi) = block_bounds(raw, &mut out.block_min, &mut out.block_max);
                     out.min.push(lo);
                     out.max.push(hi);
                 }
@@ -266,8 +302,16 @@ impl Engine {
     /// A host's score is `Σ multiplier × normalize(raw)` over the weighers in order, as in
     /// Nova. A weigher whose values are all equal normalises to 0 for every host, and adding
     /// `m × 0` leaves every score bit-for-bit as it was, so such weighers (the build-failure
-    /// and io-ops weighers, usually) are skipped. Scores are summed weigher by weigher over a
-    /// shard's candidates (a loop the compiler vectorises), then one pass keeps the best `k`.
+    /// and io-ops weighers, usually) are skipped.
+    ///
+    /// Candidates are scored a block of [`BLOCK`] at a time, best bound first: a block's
+    /// bound is the same sum over its per-weigher best raw values (largest for a positive
+    /// multiplier, smallest for a negative one). Floating-point subtraction, division,
+    /// multiplication and addition are monotone, so no score in the block exceeds it, and
+    /// once `k` candidates are held a block whose bound is below the `k`-th best is skipped
+    /// unread. The order candidates are met in no longer follows the scan, so the ranking
+    /// compares (score descending, then scan position) explicitly: the same total order
+    /// the scan-order insertion produced.
     fn top(&self, scan: &Scan, k: usize) -> Vec<Ranked> {
         let terms: SmallVec<[(usize, f64, f64, f64); 8]> = scan
             .weighers
@@ -282,39 +326,67 @@ impl Engine {
         if k == 0 {
             return best;
         }
-        let mut full = false;
-        let mut worst = f64::NEG_INFINITY;
-        let mut scores: Vec<f64> = Vec::new();
+        // (bound, shard-scan index, block index)
+        let mut blocks: Vec<(f64, u32, u32)> = Vec::new();
         for (si, ss) in scan.shards.iter().enumerate() {
-            let n = ss.slots.len();
-            if n == 0 {
-                continue;
+            let nb = ss.slots.len().div_ceil(BLOCK);
+            for b in 0..nb {
+                let mut bound = 0.0;
+                for &(w, min, range, m) in &terms {
+                    let x = if m > 0.0 {
+                        ss.block_max[w * nb + b]
+                    } else {
+                        ss.block_min[w * nb + b]
+                    };
+                    bound += m * ((x - min) / range);
+                }
+                blocks.push((bound, si as u32, b as u32));
             }
-            scores.clear();
-            match terms.split_first() {
-                None => scores.resize(n, 0.0),
-                Some((&(w, min, range, m), rest)) => {
-                    // 0.0 + …: the same additions as summing from 0, term by term.
-                    let raw = &ss.raw[w * n..(w + 1) * n];
-                    scores.extend(raw.iter().map(|&x| 0.0 + m * ((x - min) / range)));
-                    for &(w, min, range, m) in rest {
-                        let raw = &ss.raw[w * n..(w + 1) * n];
+        }
+        blocks.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then((a.1, a.2).cmp(&(b.1, b.2))));
+        // Whether (score, position) ranks before `e`.
+        let before = |score: f64, si: u32, j: u32, e: &Ranked| {
+            score > e.0 || (score == e.0 && (si, j) < (e.1, e.2))
+        };
+        let mut scores = [0.0f64; BLOCK];
+        for &(bound, si, b) in &blocks {
+            if best.len() == k {
+                let worst = &best[k - 1];
+                if bound < worst.0 {
+                    break; // every later block's bound is lower still
+                }
+                if !before(bound, si, b * BLOCK as u32, worst) {
+                    continue;
+                }
+            }
+            let ss = &scan.shards[si as usize];
+            let n = ss.slots.len();
+            let lo = b as usize * BLOCK;
+            let len = (n - lo).min(BLOCK);
+            let scores = &mut scores[..len];
+            // Σ from 0.0, term by term; m × ((x − min) / range) = m × normalize(x, min,
+            // max), as range > 0.
+            scores.fill(0.0);
+            for &(w, min, range, m) in &terms {
+                match ss.uniform[w] {
+                    Some(x) => {
+                        let t = m * ((x - min) / range);
+                        scores.iter_mut().for_each(|s| *s += t);
+                    }
+                    None => {
+                        let raw = &ss.raw[w * n + lo..w * n + lo + len];
                         for (s, &x) in scores.iter_mut().zip(raw) {
-                            // = m × normalize(x, min, max), as range > 0.
                             *s += m * ((x - min) / range);
                         }
                     }
                 }
             }
-            for (j, &score) in scores.iter().enumerate() {
-                if !full || score > worst {
-                    let pos = best.partition_point(|b| b.0 >= score);
-                    best.insert(pos, (score, si as u32, j as u32));
+            for (jj, &score) in scores.iter().enumerate() {
+                let j = (lo + jj) as u32;
+                if best.len() < k || before(score, si, j, &best[k - 1]) {
+                    let pos = best.partition_point(|e| !before(score, si, j, e));
+                    best.insert(pos, (score, si, j));
                     best.truncate(k);
-                    if best.len() == k {
-                        full = true;
-                        worst = best[k - 1].0;
-                    }
                 }
             }
         }
@@ -385,7 +457,10 @@ impl Engine {
                     .iter()
                     .filter(|(host, n)| **n > own_on(host))
                     .count();
-                others == 0 || g.count(h) > own
+                // Two such hosts: a sole member is migrating and holds its source and its
+                // destination. Until that move is confirmed or reverted neither is sure to
+                // be the group's host, so nobody may join (either choice could split it).
+                others == 0 || (others == 1 && g.count(h) > own)
             }
             GroupPolicy::SoftAffinity | GroupPolicy::SoftAntiAffinity => true,
         }
@@ -400,10 +475,10 @@ impl Engine {
         group: Option<&GroupState>,
         consumer: &Uuid,
     ) -> Option<(HostAlloc, HostChoice)> {
-        if let Some(g) = group {
-            if !Self::group_allows(g, h, consumer) {
-                return None;
-            }
+        if let Some(g) = group
+            && !Self::group_allows(g, h, consumer)
+        {
+            return None;
         }
         let mut s = self.shards[h.shard as usize].write();
         let i = h.slot as usize;
@@ -566,15 +641,15 @@ impl Engine {
                         // Cannot fail: we hold these consumers and nobody else knows them yet.
                         let _ = self.release(&s.consumer);
                     }
-                    if let EngineError::NoValidHost(nvh) = &mut e {
-                        if count > 1 {
-                            let d = format!("instance {} of {count}; none were placed", n + 1);
-                            nvh.detail = if nvh.detail.is_empty() {
-                                d
-                            } else {
-                                format!("{d}; {}", nvh.detail)
-                            };
-                        }
+                    if let EngineError::NoValidHost(nvh) = &mut e
+                        && count > 1
+                    {
+                        let d = format!("instance {} of {count}; none were placed", n + 1);
+                        nvh.detail = if nvh.detail.is_empty() {
+                            d
+                        } else {
+                            format!("{d}; {}", nvh.detail)
+                        };
                     }
                     return Err(e);
                 }
@@ -596,14 +671,13 @@ impl Engine {
             .iter()
             .map(|r| {
                 let ss = &scan.shards[r.1 as usize];
-                let n = ss.slots.len();
                 let contributions = scan
                     .weighers
                     .iter()
                     .enumerate()
                     .map(|(w, &wi)| {
                         let weigher = &self.weighers[wi];
-                        let raw = ss.raw[w * n + r.2 as usize];
+                        let raw = ss.raw_at(w, r.2 as usize);
                         let normalized = normalize(raw, scan.min[w], scan.max[w]);
                         WeigherContribution {
                             weigher: weigher.name(),
@@ -749,9 +823,30 @@ impl Engine {
     }
 }
 
+/// Per block of [`BLOCK`] values of `v`, the smallest and largest (appended to `mins` and
+/// `maxs`); returns those of all of `v`.
+fn block_bounds(v: &[f64], mins: &mut Vec<f64>, maxs: &mut Vec<f64>) -> (f64, f64) {
+    let (blocks, rest) = v.as_chunks::<BLOCK>();
+    mins.reserve(blocks.len() + 1);
+    maxs.reserve(blocks.len() + 1);
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for b in blocks
+        .iter()
+        .map(|b| bounds(b))
+        .chain((!rest.is_empty()).then(|| bounds(rest)))
+    {
+        mins.push(b.0);
+        maxs.push(b.1);
+        lo = lo.min(b.0);
+        hi = hi.max(b.1);
+    }
+    (lo, hi)
+}
+
 /// Smallest and largest of `v` (`±∞` when empty; NaNs are ignored, as by `f64::min`).
 /// Four independent lanes of `<`-selects, which compile to packed `minpd`/`maxpd`, where a
 /// single `f64::min` chain stays scalar.
+#[inline(always)]
 fn bounds(v: &[f64]) -> (f64, f64) {
     let mut lo = [f64::INFINITY; 4];
     let mut hi = [f64::NEG_INFINITY; 4];

@@ -107,6 +107,10 @@ pub struct Shard {
     /// amounts are at most `MAX_AMOUNT` (`i32::MAX`); half the bytes, and SSE2 compares
     /// four `i32`s at once but no `i64`s.
     pub free32: [Vec<i32>; NSTD],
+    /// Per block of 64 slots (one survivor-bitmap word), the smallest `free32` of any slot
+    /// in it, live or not: when it is at least the amount asked, the whole block has room
+    /// and the capacity filter skips it. Kept exact on every write of `free32`.
+    pub free_floor: [Vec<i32>; NSTD],
     /// Unit rules summary per standard class (see [`UnitBounds`]).
     pub unit_bounds: [UnitBounds; NSTD],
     /// Used per standard class.
@@ -235,6 +239,10 @@ impl Shard {
         for c in 0..NSTD {
             self.free[c].push(0);
             self.free32[c].push(0);
+            if self.free_floor[c].len() < n.div_ceil(64) {
+                self.free_floor[c].push(0);
+            }
+            self.refresh_floor(c, n - 1);
             self.used[c].push(0);
             self.min_unit[c].push(0);
             self.max_unit[c].push(0);
@@ -320,6 +328,19 @@ impl Shard {
     fn set_free(&mut self, c: usize, i: usize, free: i64) {
         self.free[c][i] = free;
         self.free32[c][i] = free.clamp(i32::MIN as i64, i32::MAX as i64) as i32;
+        self.refresh_floor(c, i);
+    }
+
+    /// Recomputes `free_floor` for the block of slot `i` (64 values: a few dozen
+    /// instructions per write, against a compare per host per request saved).
+    #[inline]
+    fn refresh_floor(&mut self, c: usize, i: usize) {
+        let b = i / 64;
+        let col = &self.free32[c];
+        let floor = col[b * 64..col.len().min(b * 64 + 64)]
+            .iter()
+            .fold(i32::MAX, |m, &v| m.min(v));
+        self.free_floor[c][b] = floor;
     }
 
     /// Replaces the trait row of slot `i`, widening the shard's rows if an id needs it.
@@ -447,6 +468,7 @@ impl Shard {
             + 2
             + 1
             + NSTD * (8 + 4 + 8 + 4 + 4 + 4 + size_of::<Option<Inventory>>())
+            + NSTD * 4 / 64
             + size_of::<Vec<CustomInventory>>()
             + 4 * 3
             + 2 * 2

@@ -4,7 +4,9 @@
 //! class (`Capacity(MEMORY_MB)`), so "no valid host" says which resource ran out.
 //! This filter cannot be disabled; the claim re-checks the same rule under the lock.
 
-use super::{Filter, Reason, Rejections, retain, retain_by};
+use smallvec::SmallVec;
+
+use super::{AtLeast, Filter, Reason, Rejections, retain, retain_at_least, retain_by};
 use crate::model::ClassId;
 use crate::scheduler::context::RequestContext;
 use crate::state::shard::{NSTD, Shard};
@@ -27,6 +29,36 @@ impl Filter for Capacity {
         alive: &mut [u64],
         rej: &mut Rejections,
     ) {
+        let n = s.slots();
+        // Every requested standard class within its shard-wide unit bounds (the usual case):
+        // only room decides, one `i32` compare per host and class (exact: `free32`
+        // saturates, amounts are < 2^31), all classes in one pass, charged in class order,
+        // and none at all in a block of 64 hosts whose smallest free amount is enough.
+        let wanted = || (0..NSTD).filter(|&c| ctx.std[c] > 0);
+        if wanted().all(|c| s.unit_bounds[c].accept(ctx.std[c] as u32)) {
+            let tests: SmallVec<[AtLeast<'_>; NSTD]> = wanted()
+                .map(|c| AtLeast {
+                    col: &s.free32[c][..n],
+                    floor: &s.free_floor[c],
+                    least: ctx.std[c] as i32,
+                    reason: Reason::Capacity(ClassId(c as u32)),
+                })
+                .collect();
+            retain_at_least(alive, &tests, rej);
+        } else {
+            self.per_class(ctx, s, alive, rej);
+        }
+        for &(class, amt) in &ctx.custom {
+            retain(alive, n, Reason::Capacity(class), rej, |i| {
+                s.fits(i, class, amt)
+            });
+        }
+    }
+}
+
+impl Capacity {
+    /// The standard classes one at a time, with the unit rules where they may matter.
+    fn per_class(&self, ctx: &RequestContext, s: &Shard, alive: &mut [u64], rej: &mut Rejections) {
         let n = s.slots();
         for c in 0..NSTD {
             let amt = ctx.std[c];
@@ -54,12 +86,7 @@ impl Filter for Capacity {
                 (free[i] >= a)
                     & (min[i] <= a32)
                     & (a32 <= max[i])
-                    & ((st == 1) || a32 % st.max(1) == 0)
-            });
-        }
-        for &(class, amt) in &ctx.custom {
-            retain(alive, n, Reason::Capacity(class), rej, |i| {
-                s.fits(i, class, amt)
+                    & ((st == 1) || a32.is_multiple_of(st.max(1)))
             });
         }
     }

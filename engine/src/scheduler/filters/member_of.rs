@@ -27,19 +27,20 @@ impl Filter for MemberOf {
     ) {
         // One word of aggregates per host and at most one any-of set: two ANDs on one column
         // value (only word 0 of the request's sets can meet a one-word row).
-        if s.agg_words == 1 && ctx.member_of.len() <= 1 {
-            if let Some(col) = s.aggs.get(..s.slots()) {
-                let any = ctx
-                    .member_of
-                    .first()
-                    .map(|set| set.first().copied().unwrap_or(0));
-                let (need, any) = (any.is_some(), any.unwrap_or(0));
-                let none = ctx.forbidden_aggregates.first().copied().unwrap_or(0);
-                retain_by(alive, col, Reason::Filter(self.name()), rej, |a| {
-                    (!need | (a & any != 0)) & (a & none == 0)
-                });
-                return;
-            }
+        if s.agg_words == 1
+            && ctx.member_of.len() <= 1
+            && let Some(col) = s.aggs.get(..s.slots())
+        {
+            let any = ctx
+                .member_of
+                .first()
+                .map(|set| set.first().copied().unwrap_or(0));
+            let (need, any) = (any.is_some(), any.unwrap_or(0));
+            let none = ctx.forbidden_aggregates.first().copied().unwrap_or(0);
+            retain_by(alive, col, Reason::Filter(self.name()), rej, |a| {
+                (!need | (a & any != 0)) & (a & none == 0)
+            });
+            return;
         }
         retain(alive, s.slots(), Reason::Filter(self.name()), rej, |i| {
             let row = s.agg_row(i);
@@ -61,7 +62,9 @@ mod tests {
         cloud.host(host("b").aggregate("rack2"));
         cloud.host(host("c").aggregate("rack2").aggregate("ssd"));
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        let cases: Vec<(Vec<Vec<String>>, Vec<String>, Vec<&str>)> = vec![
+        // (member_of, forbidden aggregates, hosts that pass)
+        type Case<'a> = (Vec<Vec<String>>, Vec<String>, Vec<&'a str>);
+        let cases: Vec<Case> = vec![
             (vec![s(&["rack1", "rack2"])], vec![], vec!["a", "b", "c"]),
             (
                 vec![s(&["rack1", "rack2"]), s(&["ssd"])],

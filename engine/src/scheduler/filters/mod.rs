@@ -164,6 +164,70 @@ pub fn retain_by<T: Copy>(
     rej.add(reason, dropped);
 }
 
+/// One test of [`retain_at_least`]: `col[slot] >= least`, failures charged to `reason`.
+#[derive(Debug, Clone, Copy)]
+pub struct AtLeast<'a> {
+    /// The column, one value per slot.
+    pub col: &'a [i32],
+    /// Per word of 64 slots, a lower bound of `col` over them (`Shard::free_floor`).
+    pub floor: &'a [i32],
+    /// The least value that passes.
+    pub least: i32,
+    /// What a failure is charged to.
+    pub reason: Reason,
+}
+
+/// Tests `col[slot] >= least` in one pass over the survivors (the capacity filter's
+/// standard classes): in each word the tests' masks apply in order, so a host failing
+/// several is charged to the first, exactly as one [`retain_by`] per test in that order
+/// would charge it — with one walk over the survivor words instead of one per test. A word
+/// whose `floor` is at least `least` passes that test without looking at the hosts.
+pub fn retain_at_least(alive: &mut [u64], tests: &[AtLeast<'_>], rej: &mut Rejections) {
+    let mut dropped: SmallVec<[u32; 8]> = SmallVec::from_elem(0, tests.len());
+    for (w, word) in alive.iter_mut().enumerate() {
+        let mut bits = *word;
+        if bits == 0 {
+            continue;
+        }
+        let base = w * 64;
+        let dense = is_dense(bits);
+        for (t, test) in tests.iter().enumerate() {
+            let (col, floor, least) = (test.col, test.floor, test.least);
+            if floor.get(w).is_some_and(|&f| f >= least) {
+                continue;
+            }
+            let keep = |v: i32| v >= least;
+            let mut mask = 0u64;
+            if dense {
+                let chunk = col.get(base..).unwrap_or_default();
+                mask = match chunk.first_chunk::<64>() {
+                    Some(c) => pack(c, &keep),
+                    None => pack(chunk, &keep),
+                };
+            } else {
+                let mut b = bits;
+                while b != 0 {
+                    let j = b.trailing_zeros() as usize;
+                    mask |= (col.get(base + j).is_some_and(|&v| keep(v)) as u64) << j;
+                    b &= b - 1;
+                }
+            }
+            let kept = bits & mask;
+            if kept != bits {
+                dropped[t] += (bits ^ kept).count_ones();
+                bits = kept;
+                if bits == 0 {
+                    break;
+                }
+            }
+        }
+        *word = bits;
+    }
+    for (t, test) in tests.iter().enumerate() {
+        rej.add(test.reason, dropped[t]);
+    }
+}
+
 /// Whether a survivor word is worth evaluating lane by lane (most of it alive). Full words,
 /// the common case, skip the population count (a dozen instructions without `popcnt`).
 #[inline(always)]

@@ -30,15 +30,16 @@ impl Filter for Traits {
         let possible = !ctx.unknown_required_trait;
         // One word of traits per host (fewer than 64 distinct traits), and the request needs
         // none beyond it: the whole test is two ANDs on one column value.
-        if s.trait_words == 1 && req.iter().skip(1).all(|&w| w == 0) {
-            if let Some(col) = s.traits.get(..s.slots()) {
-                let r = req.first().copied().unwrap_or(0);
-                let f = forb.first().copied().unwrap_or(0);
-                retain_by(alive, col, Reason::Filter(self.name()), rej, |t| {
-                    possible & (t & r == r) & (t & f == 0)
-                });
-                return;
-            }
+        if s.trait_words == 1
+            && req.iter().skip(1).all(|&w| w == 0)
+            && let Some(col) = s.traits.get(..s.slots())
+        {
+            let r = req.first().copied().unwrap_or(0);
+            let f = forb.first().copied().unwrap_or(0);
+            retain_by(alive, col, Reason::Filter(self.name()), rej, |t| {
+                possible & (t & r == r) & (t & f == 0)
+            });
+            return;
         }
         retain(alive, s.slots(), Reason::Filter(self.name()), rej, |i| {
             let row = s.trait_row(i);

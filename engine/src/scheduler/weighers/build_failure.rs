@@ -2,7 +2,7 @@
 //! multiplier 1,000,000 outweighs every other weigher), so a broken host stops attracting
 //! builds until one succeeds there.
 
-use super::{Weigher, gather_counter};
+use super::{Weigher, gather_counter, uniform_counter};
 use crate::scheduler::context::RequestContext;
 use crate::state::shard::Shard;
 
@@ -18,6 +18,9 @@ impl Weigher for BuildFailure {
     }
     fn weigh(&self, _: &RequestContext, s: &Shard, _: u32, slots: &[u32], out: &mut [f64]) {
         gather_counter(&s.failures, slots, out, |n| -(n as f64));
+    }
+    fn uniform(&self, _: &RequestContext, s: &Shard) -> Option<f64> {
+        uniform_counter(&s.failures, |n| -(n as f64))
     }
 }
 

@@ -2,7 +2,7 @@
 //! positive one packs by count) and `IoOps` (operations in flight; the default −1 steers
 //! builds away from busy hosts).
 
-use super::{Weigher, gather_counter};
+use super::{Weigher, gather_counter, uniform_counter};
 use crate::scheduler::context::RequestContext;
 use crate::state::shard::Shard;
 
@@ -21,6 +21,9 @@ impl Weigher for InstanceCount {
     fn weigh(&self, _: &RequestContext, s: &Shard, _: u32, slots: &[u32], out: &mut [f64]) {
         gather_counter(&s.instances, slots, out, |n| n as f64);
     }
+    fn uniform(&self, _: &RequestContext, s: &Shard) -> Option<f64> {
+        uniform_counter(&s.instances, |n| n as f64)
+    }
 }
 
 impl Weigher for IoOps {
@@ -32,6 +35,9 @@ impl Weigher for IoOps {
     }
     fn weigh(&self, _: &RequestContext, s: &Shard, _: u32, slots: &[u32], out: &mut [f64]) {
         gather_counter(&s.io_ops, slots, out, |n| n as f64);
+    }
+    fn uniform(&self, _: &RequestContext, s: &Shard) -> Option<f64> {
+        uniform_counter(&s.io_ops, |n| n as f64)
     }
 }
 

@@ -51,7 +51,14 @@ impl Weigher for FreeWeigher {
     }
     fn weigh(&self, _: &RequestContext, s: &Shard, _: u32, slots: &[u32], out: &mut [f64]) {
         let free = &s.free[self.class];
-        for (o, &i) in out.iter_mut().zip(slots) {
+        // Four gathers per iteration: the loop overhead is most of a one-load body.
+        let (mut o4, mut s4) = (out.chunks_exact_mut(4), slots.chunks_exact(4));
+        for (o, i) in (&mut o4).zip(&mut s4) {
+            for l in 0..4 {
+                o[l] = free[i[l] as usize] as f64;
+            }
+        }
+        for (o, &i) in o4.into_remainder().iter_mut().zip(s4.remainder()) {
             *o = free[i as usize] as f64;
         }
     }

@@ -34,6 +34,13 @@ pub trait Weigher: Send + Sync {
         slots: &[u32],
         out: &mut [f64],
     );
+    /// `Some(v)` when the weigher can tell cheaply that `weigh` would give every slot of
+    /// `shard` the value `v` (a counter that is 0 on every host, say); the pipeline then
+    /// skips `weigh`, the bounds pass and the scoring for that shard. `None` (the default)
+    /// promises nothing.
+    fn uniform(&self, _ctx: &RequestContext, _shard: &Shard) -> Option<f64> {
+        None
+    }
 }
 
 /// Builds the enabled weighers from configuration (multiplier 0 ones are kept, and skipped
@@ -84,6 +91,12 @@ pub fn gather_counter(col: &[u32], slots: &[u32], out: &mut [f64], f: impl Fn(u3
     for (o, &i) in out.iter_mut().zip(slots) {
         *o = f(col[i as usize]);
     }
+}
+
+/// `Some(f(0))` when `col` is 0 everywhere (one vectorised pass), for [`Weigher::uniform`].
+#[inline]
+pub fn uniform_counter(col: &[u32], f: impl Fn(u32) -> f64) -> Option<f64> {
+    (col.iter().fold(0, |acc, &v| acc | v) == 0).then(|| f(0))
 }
 
 /// Nova's normalisation: `(x − min) / (max − min)`, or 0 for every host when all are equal.
