@@ -41,7 +41,12 @@ pub async fn run(channels: &[Channel], args: &Args, run_id: &str) -> Result<Repo
                 })
                 .await
                 .map_err(|s| format!("creating group: {}", s.message()))?;
-            ids.push(r.into_inner().server_group.map(|g| g.id).unwrap_or_default());
+            ids.push(
+                r.into_inner()
+                    .server_group
+                    .map(|g| g.id)
+                    .unwrap_or_default(),
+            );
         }
         group_ids.push(ids);
     }
@@ -50,7 +55,8 @@ pub async fn run(channels: &[Channel], args: &Args, run_id: &str) -> Result<Repo
     let mut tasks = Vec::new();
     for c in 0..args.clients {
         let mut sched = SchedulerClient::new(channels[c % channels.len()].clone());
-        let (tally, next, stop, group_ids) = (tally.clone(), next.clone(), stop.clone(), group_ids.clone());
+        let (tally, next, stop, group_ids) =
+            (tally.clone(), next.clone(), stop.clone(), group_ids.clone());
         let run_id = run_id.to_string();
         let seed = args.seed;
         tasks.push(tokio::spawn(async move {
@@ -60,17 +66,24 @@ pub async fn run(channels: &[Channel], args: &Args, run_id: &str) -> Result<Repo
                 if i >= count || stop.load(Ordering::Relaxed) {
                     break;
                 }
-                let mut rng = fastrand::Rng::with_seed(seed ^ i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                let mut rng =
+                    fastrand::Rng::with_seed(seed ^ i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
                 let mut s = spec(FLAVORS[rng.usize(..FLAVORS.len())].0, &run_id);
                 match i % 20 {
-                    0 | 1 => s.group = group_ids[0][(i / 10 / 5) as usize % group_ids[0].len()].clone(),
-                    2 => s.group = group_ids[1][(i / 20 / 20) as usize % group_ids[1].len()].clone(),
+                    0 | 1 => {
+                        s.group = group_ids[0][(i / 10 / 5) as usize % group_ids[0].len()].clone()
+                    }
+                    2 => {
+                        s.group = group_ids[1][(i / 20 / 20) as usize % group_ids[1].len()].clone()
+                    }
                     3 => s.group = group_ids[2][(i / 20 / 3) as usize % group_ids[2].len()].clone(),
                     4..=8 => s.availability_zone = format!("az{}", rng.usize(..4)),
                     _ => {}
                 }
                 let t = Instant::now();
-                let r = sched.select_destinations(pb::SelectDestinationsRequest { spec: Some(s) }).await;
+                let r = sched
+                    .select_destinations(pb::SelectDestinationsRequest { spec: Some(s) })
+                    .await;
                 report::record(&mut h, t.elapsed());
                 match r {
                     Ok(_) => {
@@ -78,9 +91,16 @@ pub async fn run(channels: &[Channel], args: &Args, run_id: &str) -> Result<Repo
                     }
                     Err(e) => {
                         if e.code() == tonic::Code::ResourceExhausted {
-                            tally.first_rejection.lock().get_or_insert_with(|| e.message().to_string());
+                            tally
+                                .first_rejection
+                                .lock()
+                                .get_or_insert_with(|| e.message().to_string());
                         }
-                        *tally.errors.lock().entry(format!("SelectDestinations {}", code_name(&e))).or_default() += 1;
+                        *tally
+                            .errors
+                            .lock()
+                            .entry(format!("SelectDestinations {}", code_name(&e)))
+                            .or_default() += 1;
                     }
                 }
             }
@@ -90,7 +110,8 @@ pub async fn run(channels: &[Channel], args: &Args, run_id: &str) -> Result<Repo
     let progress = report::Progress::start(tally_claims(&tally), !args.json);
     let mut sel = report::histogram();
     for t in tasks {
-        sel.add(&t.await.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+        sel.add(&t.await.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
     }
     progress.stop();
     stop.store(true, Ordering::Relaxed);
@@ -116,11 +137,18 @@ pub async fn audit(channel: &Channel, run_id: &str) -> Result<u64, String> {
     let mut violations = 0;
     loop {
         let r = catalog
-            .list_server_groups(pb::ListServerGroupsRequest { page_size: 1000, page_token: token.clone() })
+            .list_server_groups(pb::ListServerGroupsRequest {
+                page_size: 1000,
+                page_token: token.clone(),
+            })
             .await
             .map_err(|s| format!("audit: listing groups: {}", s.message()))?
             .into_inner();
-        for g in r.server_groups.iter().filter(|g| g.name.starts_with(&format!("load-{run_id}-"))) {
+        for g in r
+            .server_groups
+            .iter()
+            .filter(|g| g.name.starts_with(&format!("load-{run_id}-")))
+        {
             let mut hosts = g.hosts.clone();
             hosts.sort();
             let distinct = {
@@ -129,7 +157,9 @@ pub async fn audit(channel: &Channel, run_id: &str) -> Result<u64, String> {
                 d.len()
             };
             let broken = match g.policy() {
-                pb::ServerGroupPolicy::AntiAffinity => distinct < g.members.len() && g.max_server_per_host <= 1,
+                pb::ServerGroupPolicy::AntiAffinity => {
+                    distinct < g.members.len() && g.max_server_per_host <= 1
+                }
                 pb::ServerGroupPolicy::Affinity => distinct > 1,
                 _ => false,
             };
