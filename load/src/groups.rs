@@ -12,7 +12,7 @@ use berth_proto::v1::catalog_client::CatalogClient;
 use berth_proto::v1::scheduler_client::SchedulerClient;
 use tonic::transport::Channel;
 
-use crate::{Args, FLAVORS, Report, Tally, code_name, report, spec, tally_claims};
+use crate::{Args, FLAVORS, Report, Tally, report, spec, tally_claims};
 
 /// Runs the placements.
 pub async fn run(channels: &[Channel], args: &Args, run_id: &str) -> Result<Report, String> {
@@ -89,19 +89,7 @@ pub async fn run(channels: &[Channel], args: &Args, run_id: &str) -> Result<Repo
                     Ok(_) => {
                         tally.claims.fetch_add(1, Ordering::Relaxed);
                     }
-                    Err(e) => {
-                        if e.code() == tonic::Code::ResourceExhausted {
-                            tally
-                                .first_rejection
-                                .lock()
-                                .get_or_insert_with(|| e.message().to_string());
-                        }
-                        *tally
-                            .errors
-                            .lock()
-                            .entry(format!("SelectDestinations {}", code_name(&e)))
-                            .or_default() += 1;
-                    }
+                    Err(e) => tally.record_error("SelectDestinations", &e),
                 }
             }
             h
@@ -116,17 +104,7 @@ pub async fn run(channels: &[Channel], args: &Args, run_id: &str) -> Result<Repo
     progress.stop();
     stop.store(true, Ordering::Relaxed);
     let elapsed = start.elapsed().as_secs_f64();
-    let claims = tally.claims.load(Ordering::Relaxed);
-    let errors = std::mem::take(&mut *tally.errors.lock());
-    Ok(Report {
-        seconds: elapsed,
-        claims,
-        claims_per_second: claims as f64 / elapsed,
-        latency: vec![report::summary("SelectDestinations", &sel)],
-        errors,
-        first_rejection: tally.first_rejection.lock().clone(),
-        ..Report::default()
-    })
+    Ok(tally.report(elapsed, vec![report::summary("SelectDestinations", &sel)]))
 }
 
 /// Counts groups whose hard policy is broken: anti-affinity with two members on one host,

@@ -260,6 +260,37 @@ pub(crate) struct Tally {
     pub(crate) first_rejection: parking::Mutex<Option<String>>,
 }
 
+impl Tally {
+    /// Counts a failed call under "RPC CODE"; keeps the first "no valid host" message.
+    pub(crate) fn record_error(&self, rpc: &str, e: &tonic::Status) {
+        if e.code() == tonic::Code::ResourceExhausted {
+            self.first_rejection
+                .lock()
+                .get_or_insert_with(|| e.message().to_string());
+        }
+        *self
+            .errors
+            .lock()
+            .entry(format!("{rpc} {}", code_name(e)))
+            .or_default() += 1;
+    }
+
+    /// The report of a measured phase that took `elapsed` seconds.
+    pub(crate) fn report(&self, elapsed: f64, latency: Vec<report::Latency>) -> Report {
+        let claims = self.claims.load(Ordering::Relaxed);
+        Report {
+            seconds: elapsed,
+            claims,
+            releases: self.releases.load(Ordering::Relaxed),
+            claims_per_second: claims as f64 / elapsed,
+            latency,
+            errors: std::mem::take(&mut *self.errors.lock()),
+            first_rejection: self.first_rejection.lock().clone(),
+            ..Report::default()
+        }
+    }
+}
+
 pub(crate) mod parking {
     //! A std mutex that shrugs off poisoning: a panicked client must not hide the report.
     pub struct Mutex<T>(std::sync::Mutex<T>);
@@ -321,32 +352,14 @@ async fn run_flat(channels: &[Channel], args: &Args, run_id: &str) -> Result<Rep
                                 Ok(_) => {
                                     tally.releases.fetch_add(1, Ordering::Relaxed);
                                 }
-                                Err(e) => {
-                                    *tally
-                                        .errors
-                                        .lock()
-                                        .entry(format!("Release {}", code_name(&e)))
-                                        .or_default() += 1
-                                }
+                                Err(e) => tally.record_error("Release", &e),
                             }
                         }
                         if n >= limit {
                             stop.store(true, Ordering::Relaxed);
                         }
                     }
-                    Err(e) => {
-                        if e.code() == tonic::Code::ResourceExhausted {
-                            tally
-                                .first_rejection
-                                .lock()
-                                .get_or_insert_with(|| e.message().to_string());
-                        }
-                        *tally
-                            .errors
-                            .lock()
-                            .entry(format!("SelectDestinations {}", code_name(&e)))
-                            .or_default() += 1;
-                    }
+                    Err(e) => tally.record_error("SelectDestinations", &e),
                 }
             }
             (sel_h, rel_h)
@@ -366,21 +379,13 @@ async fn run_flat(channels: &[Channel], args: &Args, run_id: &str) -> Result<Rep
     }
     progress.stop();
     let elapsed = start.elapsed().as_secs_f64();
-    let claims = tally.claims.load(Ordering::Relaxed);
-    let errors = std::mem::take(&mut *tally.errors.lock());
-    Ok(Report {
-        seconds: elapsed,
-        claims,
-        releases: tally.releases.load(Ordering::Relaxed),
-        claims_per_second: claims as f64 / elapsed,
-        latency: vec![
+    Ok(tally.report(
+        elapsed,
+        vec![
             report::summary("SelectDestinations", &sel),
             report::summary("Release", &rel),
         ],
-        errors,
-        first_rejection: tally.first_rejection.lock().clone(),
-        ..Report::default()
-    })
+    ))
 }
 
 pub(crate) fn tally_claims(t: &Arc<Tally>) -> impl Fn() -> u64 + Send + 'static {
@@ -428,11 +433,7 @@ async fn run_fill(channels: &[Channel], args: &Args, run_id: &str) -> Result<Rep
                         }
                     }
                     Err(e) => {
-                        *tally
-                            .errors
-                            .lock()
-                            .entry(format!("SelectDestinations {}", code_name(&e)))
-                            .or_default() += 1;
+                        tally.record_error("SelectDestinations", &e);
                         exhausted[f] = true;
                     }
                 }
@@ -448,17 +449,7 @@ async fn run_fill(channels: &[Channel], args: &Args, run_id: &str) -> Result<Rep
     }
     progress.stop();
     let elapsed = start.elapsed().as_secs_f64();
-    let claims = tally.claims.load(Ordering::Relaxed);
-    let errors = std::mem::take(&mut *tally.errors.lock());
-    Ok(Report {
-        seconds: elapsed,
-        claims,
-        claims_per_second: claims as f64 / elapsed,
-        latency: vec![report::summary("SelectDestinations", &sel)],
-        errors,
-        first_rejection: tally.first_rejection.lock().clone(),
-        ..Report::default()
-    })
+    Ok(tally.report(elapsed, vec![report::summary("SelectDestinations", &sel)]))
 }
 
 /// Recomputes usage from every allocation of this run and compares it with what the engine
