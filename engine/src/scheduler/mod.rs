@@ -798,10 +798,12 @@ impl Engine {
                 "consumer {consumer} has no move in progress"
             )));
         };
-        let (drop_allocs, keep) = if confirm {
-            (std::mem::replace(&mut c.allocations, dest), true)
+        // Confirm drops the source (the destination becomes the allocations); revert drops
+        // the destination.
+        let drop_allocs = if confirm {
+            std::mem::replace(&mut c.allocations, dest)
         } else {
-            (dest, false)
+            dest
         };
         let group = c.group.and_then(|g| self.groups.get(&g).map(|r| r.clone()));
         let mut guard = group.as_ref().map(|g| g.lock());
@@ -818,7 +820,6 @@ impl Engine {
         let project: Arc<str> = c.project.clone();
         self.project_add(&project, &drop_allocs, -1, 0);
         c.generation += 1;
-        let _ = keep;
         Ok(())
     }
 }
