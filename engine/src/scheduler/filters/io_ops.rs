@@ -1,7 +1,7 @@
 //! `IoOps`: a host with `max_io_ops_per_host` builds, resizes, migrations or snapshots in
 //! flight takes no new build (Nova's IoOpsFilter).
 
-use super::{Filter, Reason, Rejections, retain_by};
+use super::{Filter, Reason, Rejections, retain_below};
 use crate::scheduler::context::RequestContext;
 use crate::state::shard::Shard;
 
@@ -26,14 +26,13 @@ impl Filter for IoOps {
         alive: &mut [u64],
         rej: &mut Rejections,
     ) {
-        let col = &s.io_ops[..s.slots()];
-        let max = self.max;
-        // Every value is at most the OR of all of them: one vectorised pass, far cheaper
-        // than the filter's, usually proves that no host is at the limit.
-        if col.iter().fold(0, |acc, &n| acc | n) < max {
-            return;
-        }
-        retain_by(alive, col, Reason::Filter(self.name()), rej, |n| n < max);
+        retain_below(
+            alive,
+            &s.io_ops[..s.slots()],
+            self.max,
+            Reason::Filter(self.name()),
+            rej,
+        );
     }
 }
 

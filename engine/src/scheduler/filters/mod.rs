@@ -142,23 +142,7 @@ pub fn retain_by<T: Copy>(
         if bits == 0 {
             continue;
         }
-        let base = w * 64;
-        let mut mask = 0u64;
-        if is_dense(bits) {
-            let chunk = col.get(base..).unwrap_or_default();
-            mask = match chunk.first_chunk::<64>() {
-                Some(c) => pack(c, &keep),
-                None => pack(chunk, &keep),
-            };
-        } else {
-            let mut b = bits;
-            while b != 0 {
-                let j = b.trailing_zeros() as usize;
-                // A set bit beyond the column (never, per the Shard invariant) is dropped.
-                mask |= (col.get(base + j).is_some_and(|&v| keep(v)) as u64) << j;
-                b &= b - 1;
-            }
-        }
+        let mask = word_mask(col, w, bits, is_dense(bits), &keep);
         dropped += settle(word, mask);
     }
     rej.add(reason, dropped);
@@ -189,29 +173,13 @@ pub fn retain_at_least(alive: &mut [u64], tests: &[AtLeast<'_>], rej: &mut Rejec
         if bits == 0 {
             continue;
         }
-        let base = w * 64;
         let dense = is_dense(bits);
         for (t, test) in tests.iter().enumerate() {
             let (col, floor, least) = (test.col, test.floor, test.least);
             if floor.get(w).is_some_and(|&f| f >= least) {
                 continue;
             }
-            let keep = |v: i32| v >= least;
-            let mut mask = 0u64;
-            if dense {
-                let chunk = col.get(base..).unwrap_or_default();
-                mask = match chunk.first_chunk::<64>() {
-                    Some(c) => pack(c, &keep),
-                    None => pack(chunk, &keep),
-                };
-            } else {
-                let mut b = bits;
-                while b != 0 {
-                    let j = b.trailing_zeros() as usize;
-                    mask |= (col.get(base + j).is_some_and(|&v| keep(v)) as u64) << j;
-                    b &= b - 1;
-                }
-            }
+            let mask = word_mask(col, w, bits, dense, &|v: i32| v >= least);
             let kept = bits & mask;
             if kept != bits {
                 dropped[t] += (bits ^ kept).count_ones();
@@ -226,6 +194,51 @@ pub fn retain_at_least(alive: &mut [u64], tests: &[AtLeast<'_>], rej: &mut Rejec
     for (t, test) in tests.iter().enumerate() {
         rej.add(test.reason, dropped[t]);
     }
+}
+
+/// The keep-mask of survivor word `w` (slots `64w..64w+63`) for a test on one column value
+/// per host: a dense word packs all 64 lanes without bounds checks, a sparse one walks its
+/// set bits. A set bit beyond the column (never, per the Shard invariant) is dropped.
+#[inline(always)]
+fn word_mask<T: Copy>(
+    col: &[T],
+    w: usize,
+    bits: u64,
+    dense: bool,
+    keep: &impl Fn(T) -> bool,
+) -> u64 {
+    let base = w * 64;
+    if dense {
+        let chunk = col.get(base..).unwrap_or_default();
+        return match chunk.first_chunk::<64>() {
+            Some(c) => pack(c, keep),
+            None => pack(chunk, keep),
+        };
+    }
+    let mut mask = 0u64;
+    let mut b = bits;
+    while b != 0 {
+        let j = b.trailing_zeros() as usize;
+        mask |= (col.get(base + j).is_some_and(|&v| keep(v)) as u64) << j;
+        b &= b - 1;
+    }
+    mask
+}
+
+/// Keeps the hosts whose counter in `col` is below `max`, charging the rest to `reason`
+/// (`NumInstances`, `IoOps`). Every value is at most the OR of all of them, so one
+/// vectorised pass usually proves no host is at the limit and skips the filter.
+pub fn retain_below(
+    alive: &mut [u64],
+    col: &[u32],
+    max: u32,
+    reason: Reason,
+    rej: &mut Rejections,
+) {
+    if col.iter().fold(0, |acc, &n| acc | n) < max {
+        return;
+    }
+    retain_by(alive, col, reason, rej, |n| n < max);
 }
 
 /// Whether a survivor word is worth evaluating lane by lane (most of it alive). Full words,

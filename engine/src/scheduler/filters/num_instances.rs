@@ -1,6 +1,6 @@
 //! `NumInstances`: a host already running `max_instances_per_host` consumers takes no more.
 
-use super::{Filter, Reason, Rejections, retain_by};
+use super::{Filter, Reason, Rejections, retain_below};
 use crate::scheduler::context::RequestContext;
 use crate::state::shard::Shard;
 
@@ -25,14 +25,13 @@ impl Filter for NumInstances {
         alive: &mut [u64],
         rej: &mut Rejections,
     ) {
-        let col = &s.instances[..s.slots()];
-        let max = self.max;
-        // Every value is at most the OR of all of them: one vectorised pass, far cheaper
-        // than the filter's, usually proves that no host is at the limit.
-        if col.iter().fold(0, |acc, &n| acc | n) < max {
-            return;
-        }
-        retain_by(alive, col, Reason::Filter(self.name()), rej, |n| n < max);
+        retain_below(
+            alive,
+            &s.instances[..s.slots()],
+            self.max,
+            Reason::Filter(self.name()),
+            rej,
+        );
     }
 }
 
