@@ -15,6 +15,8 @@ const PROTOS: &[&str] = &[
     "berth/v1/placement.proto",
     "berth/v1/scheduler.proto",
     "berth/v1/catalog.proto",
+    "berth/v1/nodes.proto",
+    "berth/v1/servers.proto",
 ];
 
 fn main() -> Result<(), Box<dyn Error>> {
@@ -32,6 +34,9 @@ fn main() -> Result<(), Box<dyn Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // No `XClient::connect(url)` constructors: `Nodes` has an RPC named `Connect`, whose
+        // client method would clash with it. Callers build a `Channel` and use `XClient::new`.
+        .build_transport(false)
         .compile_fds(fds)?;
     Ok(())
 }

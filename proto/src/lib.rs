@@ -1,7 +1,7 @@
 //! Berth's gRPC contract, package `berth.v1`.
 //!
 //! The contract lives in `proto/berth/v1/*.proto` and is compiled at build time (with
-//! `protox`, so no `protoc` is needed) into [`v1`]: the messages plus, for each of the three
+//! `protox`, so no `protoc` is needed) into [`v1`]: the messages plus, for each of the five
 //! services, a client and a server:
 //!
 //! | Service     | Client                                    | Server                                    |
@@ -9,6 +9,8 @@
 //! | `Placement` | [`v1::placement_client::PlacementClient`] | [`v1::placement_server::PlacementServer`] |
 //! | `Scheduler` | [`v1::scheduler_client::SchedulerClient`] | [`v1::scheduler_server::SchedulerServer`] |
 //! | `Catalog`   | [`v1::catalog_client::CatalogClient`]     | [`v1::catalog_server::CatalogServer`]     |
+//! | `Servers`   | [`v1::servers_client::ServersClient`]     | [`v1::servers_server::ServersServer`]     |
+//! | `Nodes`     | [`v1::nodes_client::NodesClient`]         | [`v1::nodes_server::NodesServer`]         |
 //!
 //! Conventions shared by every RPC (id formats, units, generations, paging, and which
 //! gRPC status code means what) are documented at the top of `common.proto`. A "no valid
@@ -51,8 +53,10 @@ mod tests {
             [
                 "berth/v1/catalog.proto",
                 "berth/v1/common.proto",
+                "berth/v1/nodes.proto",
                 "berth/v1/placement.proto",
                 "berth/v1/scheduler.proto",
+                "berth/v1/servers.proto",
             ]
         );
         let mut services: Vec<&str> = fds
@@ -62,7 +66,10 @@ mod tests {
             .map(|s| s.name())
             .collect();
         services.sort_unstable();
-        assert_eq!(services, ["Catalog", "Placement", "Scheduler"]);
+        assert_eq!(
+            services,
+            ["Catalog", "Nodes", "Placement", "Scheduler", "Servers"]
+        );
         assert!(fds.file.iter().all(|f| f.package() == "berth.v1"));
     }
 
