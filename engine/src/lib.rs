@@ -7,6 +7,8 @@
 //!   consumers and allocations, server groups, the catalog.
 //! - [`scheduler`]: the pipeline — request context, filters (one file each), weighers
 //!   (one file each), selection and the atomic claim.
+//! - [`lifecycle`]: servers and compute nodes — the conductor (create with retries, the
+//!   actions, moves, evacuation) and the node hub (registration, heartbeats, dispatch).
 //! - [`api`]: the gRPC services (tonic), the request-id layer and the server assembly.
 //! - [`config`]: every knob and its default.
 //! - [`error`]: the one error type, with a stable code per variant.
@@ -15,6 +17,7 @@ pub mod api;
 pub mod config;
 pub mod error;
 pub mod intern;
+pub mod lifecycle;
 pub mod model;
 pub mod scheduler;
 pub mod state;

@@ -59,6 +59,8 @@ pub struct BerthConfig {
     pub server: ServerConfig,
     /// Engine and scheduler settings.
     pub engine: EngineConfig,
+    /// Compute nodes and the instance lifecycle.
+    pub compute: crate::lifecycle::ComputeConfig,
 }
 
 impl BerthConfig {
