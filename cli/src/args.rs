@@ -15,6 +15,8 @@ Examples:
   berth host list
   berth flavor create m1.small --vcpus 1 --ram 2048 --disk 20
   berth schedule --flavor m1.small --count 3 --dry-run
+  berth server create web-1 --flavor m1.small --image ubuntu-24.04
+  berth server stop 0b4c7f7e-55a3-4bd4-a8a1-6f0f7c2d9e10
   berth --engine http://10.0.0.5:50051 -o json usage | jq '.[].usages'
 
 Exit status: 0 success, 1 the engine returned an error, 2 bad command line,
@@ -81,7 +83,10 @@ pub enum OutputFormat {
 /// Top-level commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Manage hosts (Placement resource providers).
+    /// Create servers (instances), act on them (stop, resize, migrate, ...), inspect, delete.
+    #[command(subcommand, long_about = SERVER_ABOUT)]
+    Server(ServerCommand),
+    /// Manage hosts (Placement resource providers): list, disable, evacuate.
     #[command(subcommand)]
     Host(HostCommand),
     /// Show or replace a host's inventory (capacity per resource class).
@@ -116,7 +121,8 @@ pub enum Command {
 /// `berth host ...`
 #[derive(Debug, Subcommand)]
 pub enum HostCommand {
-    /// List hosts, optionally filtered (filters are ANDed).
+    /// List hosts, optionally filtered (filters are ANDed): state (up or down, disabled),
+    /// instance count, and each resource class as `used/capacity`.
     #[command(after_help = "\
 Examples:
   berth host list
@@ -148,6 +154,42 @@ Examples:
     Delete {
         /// Host UUID or name.
         host: String,
+    },
+    /// Disable a host: it keeps its servers but receives no new ones (adds the trait
+    /// COMPUTE_STATUS_DISABLED). Harmless if already disabled.
+    #[command(after_help = "\
+Examples:
+  berth host disable compute-1 --reason 'RAM replacement, ticket 4711'")]
+    Disable {
+        /// Host UUID or name.
+        host: String,
+        /// Why, recorded in the engine's log.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Enable a disabled host for new servers again. Harmless if already enabled.
+    #[command(after_help = "\
+Examples:
+  berth host enable compute-1")]
+    Enable {
+        /// Host UUID or name.
+        host: String,
+    },
+    /// Evacuate a host that is down: rebuild each of its servers on another host.
+    ///
+    /// Each server moves with its allocations and ends ACTIVE (or STOPPED if it was
+    /// stopped). Fails with FAILED_PRECONDITION while the host is up. Prints one line per
+    /// server; exits 1 if any server could not be evacuated.
+    #[command(after_help = "\
+Examples:
+  berth host evacuate compute-1
+  berth host evacuate compute-1 --request-id evac-compute-1-2024-06-01   # safe to repeat")]
+    Evacuate {
+        /// Host UUID or name.
+        host: String,
+        /// Idempotency key.
+        #[command(flatten)]
+        request: RequestIdArg,
     },
 }
 
@@ -205,6 +247,388 @@ pub struct HostCreateArgs {
     /// Hypervisor version, e.g. `8.2.0` (compared with `img_hv_requested_version`).
     #[arg(long)]
     pub hypervisor_version: Option<String>,
+}
+
+// ---- server ------------------------------------------------------------------------------
+
+const SERVER_ABOUT: &str = "\
+Create servers (instances), act on them, inspect and delete them (the engine's Servers \
+service).
+
+Each call waits until the work is done (a build, a move) and prints the server as it then \
+is; raise --timeout for slow builds and migrations. A node action that fails does not fail \
+the call: the failure goes into the server's action history (and a failed build or move \
+leaves the server in ERROR); the command prints the server, then the failure on stderr, and \
+exits 1.
+
+vm_state: BUILDING, ACTIVE, STOPPED, PAUSED, SUSPENDED, RESIZED (moved, waiting for \
+confirm-resize or revert-resize), SHELVED, SHELVED_OFFLOADED (on no host), ERROR (see \
+`fault`; delete, reboot --hard, rebuild or evacuate recover). task_state names the action \
+in progress (`-` when idle). An action fails with FAILED_PRECONDITION when the vm_state does \
+not allow it, while another task runs, or while the server is locked.
+
+Every command that changes something sends a request id (a fresh UUID unless --request-id \
+is given) in the request and as `x-request-id` metadata. Repeating a command with the same \
+--request-id for the same server does not do the work twice: the engine answers as it did \
+the first time. Use it to retry after a timeout or a lost connection.";
+
+/// `berth server ...`
+#[derive(Debug, Subcommand)]
+pub enum ServerCommand {
+    /// Create servers: schedule, claim resources and spawn (ends ACTIVE, or ERROR with a
+    /// fault). All or nothing if no host fits (RESOURCE_EXHAUSTED).
+    ///
+    /// A spawn that fails is retried on another host, up to the engine's max_attempts; a
+    /// server that runs out of attempts is returned in ERROR with every attempt's reason in
+    /// its fault, and the command exits 1. With --count N the servers are named NAME-1 ..
+    /// NAME-N.
+    #[command(after_help = "\
+Examples:
+  berth server create web-1 --flavor m1.small --image ubuntu-24.04
+  berth server create web --flavor m1.small --image ubuntu-24.04 --count 3 --group web-ha
+  berth server create db-1 --flavor m1.large --image ubuntu-24.04 --az az1 \\
+      --meta role=db --meta tier=gold --trait HW_CPU_X86_AVX2 --project acme --user alice
+  berth server create web-1 --flavor m1.small --image cirros --request-id web-1-create   # retry safely
+  berth -o json server create web-1 --flavor m1.small --image cirros | jq -r '.[].uuid'")]
+    Create(Box<ServerCreateArgs>),
+    /// List servers in creation order, following every page; filters are ANDed.
+    #[command(after_help = "\
+Examples:
+  berth server list
+  berth server list --host compute-1
+  berth server list --project acme --state error
+  berth -o json server list | jq -r '.[] | select(.vm_state == \"ERROR\") | .uuid'")]
+    List(ServerListArgs),
+    /// Show one server: every field and its action history (oldest first).
+    #[command(after_help = "\
+Examples:
+  berth server show 0b4c7f7e-55a3-4bd4-a8a1-6f0f7c2d9e10
+  berth -o json server show 0b4c7f7e-55a3-4bd4-a8a1-6f0f7c2d9e10 | jq .actions")]
+    Show {
+        /// Server UUID.
+        #[arg(value_parser = parse_uuid)]
+        uuid: String,
+    },
+    /// Delete servers: remove each domain, release its resources and group membership.
+    /// Valid from every state unless locked.
+    ///
+    /// Every server is tried; the command exits 1 if any could not be deleted. One request
+    /// id serves all of them (the engine keys idempotency by server and request id).
+    #[command(after_help = "\
+Examples:
+  berth server delete 0b4c7f7e-55a3-4bd4-a8a1-6f0f7c2d9e10
+  berth -o json server list --state error | jq -r '.[].uuid' | xargs berth server delete")]
+    Delete(ServerDeleteArgs),
+    /// The actions on one server (stop, resize, migrate, ...).
+    #[command(flatten)]
+    Action(ServerActionCommand),
+}
+
+/// `berth server <action> UUID`: one subcommand per `ServerAction` of the engine.
+#[derive(Debug, Subcommand)]
+pub enum ServerActionCommand {
+    /// Power a server off (from ACTIVE or ERROR; ends STOPPED).
+    #[command(after_help = "\
+Examples:
+  berth server stop 0b4c7f7e-55a3-4bd4-a8a1-6f0f7c2d9e10")]
+    Stop(ServerTarget),
+    /// Power a server on (from STOPPED; ends ACTIVE).
+    #[command(after_help = "\
+Examples:
+  berth server start 0b4c7f7e-55a3-4bd4-a8a1-6f0f7c2d9e10")]
+    Start(ServerTarget),
+    /// Reboot a server: ask the guest (from ACTIVE), or with --hard power-cycle it (from
+    /// ACTIVE, STOPPED, PAUSED, SUSPENDED or ERROR); ends ACTIVE.
+    #[command(after_help = "\
+Examples:
+  berth server reboot 0b4c7f7e-55a3-4bd4-a8a1-6f0f7c2d9e10
+  berth server reboot 0b4c7f7e-55a3-4bd4-a8a1-6f0f7c2d9e10 --hard   # also recovers ERROR")]
+    Reboot(ServerRebootArgs),
+    /// Freeze a server's vCPUs, keeping its memory (from ACTIVE; ends PAUSED).
+    #[command(after_help = "\
+Examples:
+  berth server pause 0b4c7f7e-55a3-4bd4-a8a1-6f0f7c2d9e10")]
+    Pause(ServerTarget),
+    /// Thaw a paused server (from PAUSED; ends ACTIVE).
+    #[command(after_help = "\
+Examples:
+  berth server unpause 0b4c7f7e-55a3-4bd4-a8a1-6f0f7c2d9e10")]
+    Unpause(ServerTarget),
+    /// Save a server's memory to disk and stop it (from ACTIVE or PAUSED; ends SUSPENDED).
+    #[command(after_help = "\
+Examples:
+  berth server suspend 0b4c7f7e-55a3-4bd4-a8a1-6f0f7c2d9e10")]
+    Suspend(ServerTarget),
+    /// Restore a suspended server (from SUSPENDED; ends ACTIVE).
+    #[command(after_help = "\
+Examples:
+  berth server resume 0b4c7f7e-55a3-4bd4-a8a1-6f0f7c2d9e10")]
+    Resume(ServerTarget),
+    /// Snapshot a server into a new image record (from ACTIVE, STOPPED, PAUSED or
+    /// SUSPENDED; the state is unchanged). Prints the new image id.
+    #[command(after_help = "\
+Examples:
+  berth server snapshot 0b4c7f7e-55a3-4bd4-a8a1-6f0f7c2d9e10 --name web-1-2024-06-01
+  berth -o json server snapshot 0b4c7f7e-55a3-4bd4-a8a1-6f0f7c2d9e10 --name golden | jq -r .image_id")]
+    Snapshot(ServerSnapshotArgs),
+    /// Rebuild a server from an image on the same host (from ACTIVE, STOPPED or ERROR;
+    /// ends ACTIVE, or STOPPED if it was stopped).
+    #[command(after_help = "\
+Examples:
+  berth server rebuild 0b4c7f7e-55a3-4bd4-a8a1-6f0f7c2d9e10                 # same image
+  berth server rebuild 0b4c7f7e-55a3-4bd4-a8a1-6f0f7c2d9e10 --image ubuntu-24.04")]
+    Rebuild(ServerRebuildArgs),
+    /// Shelve a server: stop it and snapshot it, still holding its host's resources (from
+    /// ACTIVE, STOPPED, PAUSED or SUSPENDED; ends SHELVED).
+    #[command(after_help = "\
+Examples:
+  berth server shelve 0b4c7f7e-55a3-4bd4-a8a1-6f0f7c2d9e10")]
+    Shelve(ServerTarget),
+    /// Remove a shelved server from its host, releasing its resources (from SHELVED; ends
+    /// SHELVED_OFFLOADED).
+    #[command(after_help = "\
+Examples:
+  berth server shelve-offload 0b4c7f7e-55a3-4bd4-a8a1-6f0f7c2d9e10")]
+    ShelveOffload(ServerTarget),
+    /// Bring a shelved server back, scheduling it again if it was offloaded (from SHELVED
+    /// or SHELVED_OFFLOADED; ends ACTIVE).
+    #[command(after_help = "\
+Examples:
+  berth server unshelve 0b4c7f7e-55a3-4bd4-a8a1-6f0f7c2d9e10")]
+    Unshelve(ServerTarget),
+    /// Change a server's flavor; it moves to a host the scheduler picks (from ACTIVE or
+    /// STOPPED; ends RESIZED: then confirm-resize or revert-resize).
+    #[command(after_help = "\
+Examples:
+  berth server resize 0b4c7f7e-55a3-4bd4-a8a1-6f0f7c2d9e10 --flavor m1.large
+  berth server confirm-resize 0b4c7f7e-55a3-4bd4-a8a1-6f0f7c2d9e10")]
+    Resize(ServerResizeArgs),
+    /// Keep a resize or cold migration: the old host's resources are released (from
+    /// RESIZED; ends ACTIVE, or STOPPED if it was stopped).
+    #[command(after_help = "\
+Examples:
+  berth server confirm-resize 0b4c7f7e-55a3-4bd4-a8a1-6f0f7c2d9e10")]
+    ConfirmResize(ServerTarget),
+    /// Undo a resize or cold migration: back on the old host with the old flavor (from
+    /// RESIZED; ends ACTIVE, or STOPPED if it was stopped).
+    #[command(after_help = "\
+Examples:
+  berth server revert-resize 0b4c7f7e-55a3-4bd4-a8a1-6f0f7c2d9e10")]
+    RevertResize(ServerTarget),
+    /// Cold-migrate a server to another host (from ACTIVE or STOPPED; ends RESIZED: then
+    /// confirm-resize or revert-resize).
+    #[command(after_help = "\
+Examples:
+  berth server migrate 0b4c7f7e-55a3-4bd4-a8a1-6f0f7c2d9e10
+  berth server migrate 0b4c7f7e-55a3-4bd4-a8a1-6f0f7c2d9e10 --host compute-2")]
+    Migrate(ServerMoveArgs),
+    /// Live-migrate a running server to another host (from ACTIVE or PAUSED; the state is
+    /// unchanged). FAILED_PRECONDITION if either host cannot.
+    #[command(after_help = "\
+Examples:
+  berth server live-migrate 0b4c7f7e-55a3-4bd4-a8a1-6f0f7c2d9e10
+  berth --timeout 600 server live-migrate 0b4c7f7e-55a3-4bd4-a8a1-6f0f7c2d9e10 --host compute-2")]
+    LiveMigrate(ServerMoveArgs),
+    /// Rebuild a server on another host because its host is down (from any state but
+    /// BUILDING and SHELVED_OFFLOADED; ends ACTIVE, or STOPPED if it was stopped).
+    #[command(after_help = "\
+Examples:
+  berth server evacuate 0b4c7f7e-55a3-4bd4-a8a1-6f0f7c2d9e10
+  berth host evacuate compute-1      # every server of a down host")]
+    Evacuate(ServerMoveArgs),
+    /// Lock a server: every action but unlock is refused, delete included (any state).
+    #[command(after_help = "\
+Examples:
+  berth server lock 0b4c7f7e-55a3-4bd4-a8a1-6f0f7c2d9e10 --reason 'legal hold'")]
+    Lock(ServerLockArgs),
+    /// Unlock a locked server (any state).
+    #[command(after_help = "\
+Examples:
+  berth server unlock 0b4c7f7e-55a3-4bd4-a8a1-6f0f7c2d9e10")]
+    Unlock(ServerTarget),
+}
+
+/// `--request-id`, shared by every command that changes something.
+#[derive(Debug, Clone, Args)]
+pub struct RequestIdArg {
+    /// Idempotency key (1 to 128 printable ASCII characters, no spaces); a fresh UUID if
+    /// omitted. Repeat a command with the same id to retry it without doing the work twice.
+    #[arg(long, value_name = "ID", value_parser = parse_request_id)]
+    pub request_id: Option<String>,
+}
+
+/// The server an action applies to, and its request id.
+#[derive(Debug, Args)]
+pub struct ServerTarget {
+    /// Server UUID.
+    #[arg(value_parser = parse_uuid)]
+    pub uuid: String,
+    /// Idempotency key.
+    #[command(flatten)]
+    pub request: RequestIdArg,
+}
+
+/// Arguments of `berth server create`.
+#[derive(Debug, Args)]
+pub struct ServerCreateArgs {
+    /// Display name, 1 to 255 characters (not unique). With --count N the servers are
+    /// named NAME-1 .. NAME-N.
+    #[arg(value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    pub name: String,
+    /// Flavor id or name.
+    #[arg(long)]
+    pub flavor: String,
+    /// Image id or name.
+    #[arg(long)]
+    pub image: String,
+    /// Server group UUID or name; the servers join it and its policy applies.
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Only hosts in this availability zone.
+    #[arg(long, value_name = "ZONE")]
+    pub az: Option<String>,
+    /// Number of servers to create (all are placed, or none).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub count: u32,
+    /// User metadata `KEY=VALUE` (at most 128; keys 1 to 255 characters, values up to
+    /// 255); repeatable.
+    #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub metadata: Vec<(String, String)>,
+    /// Project that owns the servers.
+    #[arg(long, env = "BERTH_PROJECT", default_value = "default")]
+    pub project: String,
+    /// User that owns the servers.
+    #[arg(long, env = "BERTH_USER", default_value = "default")]
+    pub user: String,
+    /// A trait every chosen host must have; repeatable.
+    #[arg(long = "trait", value_name = "TRAIT", value_parser = parse_trait)]
+    pub traits: Vec<String>,
+    /// A trait no chosen host may have; repeatable.
+    #[arg(long, value_name = "TRAIT", value_parser = parse_trait)]
+    pub forbid_trait: Vec<String>,
+    /// Only consider this host (UUID or name); repeatable.
+    #[arg(long = "host", value_name = "HOST")]
+    pub hosts: Vec<String>,
+    /// Idempotency key.
+    #[command(flatten)]
+    pub request: RequestIdArg,
+}
+
+/// Filters of `berth server list`.
+#[derive(Debug, Args)]
+pub struct ServerListArgs {
+    /// Only servers on this host (UUID or name).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Only this project's servers.
+    #[arg(long)]
+    pub project: Option<String>,
+    /// Only servers in this vm_state (case does not matter).
+    #[arg(long, value_enum, ignore_case = true)]
+    pub state: Option<ServerState>,
+}
+
+/// A server's vm_state as typed on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ServerState {
+    /// Scheduled and spawning.
+    Building,
+    /// Running.
+    Active,
+    /// Powered off by an action.
+    Stopped,
+    /// vCPUs frozen.
+    Paused,
+    /// Memory saved to disk.
+    Suspended,
+    /// Moved, waiting for confirm-resize or revert-resize.
+    Resized,
+    /// Shelved, still on its host.
+    Shelved,
+    /// Shelved and on no host.
+    #[value(alias = "shelved_offloaded")]
+    ShelvedOffloaded,
+    /// Something failed; see the fault.
+    Error,
+}
+
+/// Arguments of `berth server delete`.
+#[derive(Debug, Args)]
+pub struct ServerDeleteArgs {
+    /// Server UUIDs.
+    #[arg(required = true, value_name = "UUID", value_parser = parse_uuid)]
+    pub uuids: Vec<String>,
+    /// Idempotency key.
+    #[command(flatten)]
+    pub request: RequestIdArg,
+}
+
+/// Arguments of `berth server reboot`.
+#[derive(Debug, Args)]
+pub struct ServerRebootArgs {
+    /// The server and request id.
+    #[command(flatten)]
+    pub target: ServerTarget,
+    /// Power-cycle instead of asking the guest; also valid from STOPPED, PAUSED, SUSPENDED
+    /// and ERROR.
+    #[arg(long)]
+    pub hard: bool,
+}
+
+/// Arguments of `berth server snapshot`.
+#[derive(Debug, Args)]
+pub struct ServerSnapshotArgs {
+    /// The server and request id.
+    #[command(flatten)]
+    pub target: ServerTarget,
+    /// Name of the new image record, 1 to 255 characters, unique.
+    #[arg(long, value_name = "IMAGE_NAME", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    pub name: String,
+}
+
+/// Arguments of `berth server rebuild`.
+#[derive(Debug, Args)]
+pub struct ServerRebuildArgs {
+    /// The server and request id.
+    #[command(flatten)]
+    pub target: ServerTarget,
+    /// Image id or name to rebuild from; the server's current image if omitted.
+    #[arg(long)]
+    pub image: Option<String>,
+}
+
+/// Arguments of `berth server resize`.
+#[derive(Debug, Args)]
+pub struct ServerResizeArgs {
+    /// The server and request id.
+    #[command(flatten)]
+    pub target: ServerTarget,
+    /// New flavor id or name; must differ from the current one.
+    #[arg(long)]
+    pub flavor: String,
+}
+
+/// Arguments of `berth server migrate`, `live-migrate` and `evacuate`.
+#[derive(Debug, Args)]
+pub struct ServerMoveArgs {
+    /// The server and request id.
+    #[command(flatten)]
+    pub target: ServerTarget,
+    /// Destination host (UUID or name); the scheduler chooses if omitted. A named host
+    /// must still pass the filters.
+    #[arg(long)]
+    pub host: Option<String>,
+}
+
+/// Arguments of `berth server lock`.
+#[derive(Debug, Args)]
+pub struct ServerLockArgs {
+    /// The server and request id.
+    #[command(flatten)]
+    pub target: ServerTarget,
+    /// Why; shown by `berth server show`.
+    #[arg(long)]
+    pub reason: Option<String>,
 }
 
 // ---- inventory / trait / aggregate --------------------------------------------------------
@@ -690,6 +1114,23 @@ pub fn parse_trait(s: &str) -> Result<String, String> {
     }
 }
 
+/// Checks a request id: 1 to 128 printable ASCII characters without spaces, so that it
+/// fits the engine's `request_id` fields and an `x-request-id` metadata value alike.
+pub fn parse_request_id(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 128 {
+        return Err(format!(
+            "request id must be 1 to 128 characters; this one has {}",
+            s.chars().count()
+        ));
+    }
+    if let Some(c) = s.chars().find(|c| !c.is_ascii_graphic()) {
+        return Err(format!(
+            "request id '{s}' holds {c:?}; only printable ASCII without spaces is allowed"
+        ));
+    }
+    Ok(s.to_owned())
+}
+
 /// Parses a UUID and returns it in the engine's form: lowercase, hyphenated.
 pub fn parse_uuid(s: &str) -> Result<String, String> {
     uuid::Uuid::parse_str(s)
@@ -1112,5 +1553,213 @@ mod tests {
             }
         }
         walk(&Cli::command(), "");
+    }
+
+    const U: &str = "0b4c7f7e-55a3-4bd4-a8a1-6f0f7c2d9e10";
+
+    #[test]
+    fn server_create_defaults_and_flags() {
+        let cli = parse(&[
+            "server", "create", "web-1", "--flavor", "m1", "--image", "cirros",
+        ])
+        .unwrap();
+        let Command::Server(ServerCommand::Create(a)) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(a.name, "web-1");
+        assert_eq!(a.count, 1);
+        assert_eq!(a.group, None);
+        assert!(a.metadata.is_empty() && a.traits.is_empty() && a.hosts.is_empty());
+        assert_eq!(a.request.request_id, None);
+        // Like `schedule`: BERTH_PROJECT / BERTH_USER, else "default".
+        let env_or_default = |k: &str| std::env::var(k).unwrap_or_else(|_| "default".into());
+        assert_eq!(a.project, env_or_default("BERTH_PROJECT"));
+        assert_eq!(a.user, env_or_default("BERTH_USER"));
+
+        let cli = parse(&[
+            "server",
+            "create",
+            "web",
+            "--flavor",
+            "m1",
+            "--image",
+            "cirros",
+            "--count",
+            "2",
+            "--meta",
+            "k=v=w",
+            "--trait",
+            "HW_A",
+            "--forbid-trait",
+            "HW_B",
+            "--host",
+            "h1",
+            "--request-id",
+            "create-web",
+        ])
+        .unwrap();
+        let Command::Server(ServerCommand::Create(a)) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(a.count, 2);
+        assert_eq!(a.metadata, [("k".to_string(), "v=w".to_string())]);
+        assert_eq!(a.traits, ["HW_A"]);
+        assert_eq!(a.forbid_trait, ["HW_B"]);
+        assert_eq!(a.hosts, ["h1"]);
+        assert_eq!(a.request.request_id.as_deref(), Some("create-web"));
+    }
+
+    #[test]
+    fn server_create_rejects_bad_values() {
+        let base = ["server", "create", "w", "--flavor", "f", "--image", "i"];
+        let with = |extra: &[&str]| {
+            let mut v = base.to_vec();
+            v.extend(extra);
+            parse(&v)
+        };
+        assert!(with(&[]).is_ok());
+        assert!(with(&["--count", "0"]).is_err());
+        assert!(with(&["--meta", "novalue"]).is_err());
+        assert!(with(&["--meta", "=v"]).is_err());
+        assert!(with(&["--trait", "lower"]).is_err());
+        assert!(with(&["--request-id", ""]).is_err());
+        assert!(parse(&["server", "create", "w", "--image", "i"]).is_err());
+        assert!(parse(&["server", "create", "w", "--flavor", "f"]).is_err());
+        assert!(parse(&["server", "create", "", "--flavor", "f", "--image", "i"]).is_err());
+    }
+
+    #[test]
+    fn server_list_states_ignore_case_and_accept_underscores() {
+        let state = |s: &str| {
+            let cli = parse(&["server", "list", "--state", s]).unwrap();
+            let Command::Server(ServerCommand::List(a)) = cli.command else {
+                panic!("wrong command");
+            };
+            a.state
+        };
+        assert_eq!(state("active"), Some(ServerState::Active));
+        assert_eq!(state("ACTIVE"), Some(ServerState::Active));
+        assert_eq!(
+            state("shelved-offloaded"),
+            Some(ServerState::ShelvedOffloaded)
+        );
+        assert_eq!(
+            state("SHELVED_OFFLOADED"),
+            Some(ServerState::ShelvedOffloaded)
+        );
+        assert!(parse(&["server", "list", "--state", "SHUTOFF"]).is_err());
+        let cli = parse(&["server", "list", "--host", "compute-1", "--project", "p"]).unwrap();
+        let Command::Server(ServerCommand::List(a)) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(a.host.as_deref(), Some("compute-1"));
+        assert_eq!(a.project.as_deref(), Some("p"));
+        assert_eq!(a.state, None);
+    }
+
+    #[test]
+    fn server_commands_take_uuids() {
+        assert!(parse(&["server", "show", U]).is_ok());
+        let e = parse(&["server", "show", "web-1"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("'web-1' is not a UUID"), "{e}");
+        assert!(parse(&["server", "stop"]).is_err());
+        assert!(parse(&["server", "stop", "nope"]).is_err());
+        assert!(parse(&["server", "delete"]).is_err());
+        let cli = parse(&["server", "delete", U, &U.to_uppercase().replace('-', "")]).unwrap();
+        let Command::Server(ServerCommand::Delete(a)) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(
+            a.uuids,
+            [U, U],
+            "normalised (the precheck rejects the repeat)"
+        );
+    }
+
+    #[test]
+    fn action_flags_parse() {
+        let action = |args: &[&str]| {
+            let mut v = vec!["server"];
+            v.extend(args);
+            match parse(&v).map(|c| c.command) {
+                Ok(Command::Server(ServerCommand::Action(a))) => Ok(a),
+                Ok(other) => panic!("{other:?}"),
+                Err(e) => Err(e),
+            }
+        };
+        let Ok(ServerActionCommand::Reboot(r)) = action(&["reboot", U, "--hard"]) else {
+            panic!("reboot")
+        };
+        assert!(r.hard);
+        assert_eq!(r.target.uuid, U);
+        let Ok(ServerActionCommand::Snapshot(s)) = action(&["snapshot", U, "--name", "golden"])
+        else {
+            panic!("snapshot")
+        };
+        assert_eq!(s.name, "golden");
+        assert!(action(&["snapshot", U]).is_err(), "--name is required");
+        assert!(action(&["snapshot", U, "--name", ""]).is_err());
+        assert!(action(&["resize", U]).is_err(), "--flavor is required");
+        let Ok(ServerActionCommand::LiveMigrate(m)) = action(&[
+            "live-migrate",
+            U,
+            "--host",
+            "compute-2",
+            "--request-id",
+            "lm-1",
+        ]) else {
+            panic!("live-migrate")
+        };
+        assert_eq!(m.host.as_deref(), Some("compute-2"));
+        assert_eq!(m.target.request.request_id.as_deref(), Some("lm-1"));
+        let Ok(ServerActionCommand::Lock(l)) = action(&["lock", U, "--reason", "legal hold"])
+        else {
+            panic!("lock")
+        };
+        assert_eq!(l.reason.as_deref(), Some("legal hold"));
+        assert!(action(&["unlock", U, "--reason", "x"]).is_err());
+        assert!(action(&["stop", U, "--hard"]).is_err());
+        assert!(action(&["frobnicate", U]).is_err());
+    }
+
+    #[test]
+    fn request_ids_are_printable_ascii_up_to_128() {
+        assert_eq!(parse_request_id("retry-1").unwrap(), "retry-1");
+        assert!(parse_request_id(&"x".repeat(128)).is_ok());
+        assert!(
+            parse_request_id(&"x".repeat(129))
+                .unwrap_err()
+                .contains("1 to 128 characters; this one has 129")
+        );
+        assert!(parse_request_id("").is_err());
+        assert!(parse_request_id("a b").unwrap_err().contains("' '"));
+        assert!(parse_request_id("caf\u{e9}").is_err());
+        let e = parse(&["server", "stop", U, "--request-id", "a b"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+    }
+
+    #[test]
+    fn host_lifecycle_commands_parse() {
+        let cli = parse(&["host", "disable", "compute-1", "--reason", "RAM"]).unwrap();
+        let Command::Host(HostCommand::Disable { host, reason }) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(
+            (host.as_str(), reason.as_deref()),
+            ("compute-1", Some("RAM"))
+        );
+        assert!(matches!(
+            parse(&["host", "enable", "compute-1"]).unwrap().command,
+            Command::Host(HostCommand::Enable { .. })
+        ));
+        assert!(parse(&["host", "enable", "compute-1", "--reason", "x"]).is_err());
+        let cli = parse(&["host", "evacuate", "compute-1", "--request-id", "ev-1"]).unwrap();
+        let Command::Host(HostCommand::Evacuate { host, request }) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(host, "compute-1");
+        assert_eq!(request.request_id.as_deref(), Some("ev-1"));
+        assert!(parse(&["host", "evacuate"]).is_err());
     }
 }

@@ -1,5 +1,6 @@
-//! Runs a parsed command against the engine: builds the requests, calls the three
-//! services, follows pages, and turns the answers into [`Output`] views.
+//! Runs a parsed command against the engine: builds the requests, calls the services
+//! (Placement, Scheduler, Catalog, Servers), follows pages, and turns the answers into
+//! [`Output`] views.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -8,25 +9,32 @@ use berth_proto::v1 as pb;
 use berth_proto::v1::catalog_client::CatalogClient;
 use berth_proto::v1::placement_client::PlacementClient;
 use berth_proto::v1::scheduler_client::SchedulerClient;
+use berth_proto::v1::server_action_request::Action;
+use berth_proto::v1::servers_client::ServersClient;
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 use crate::args::{
     AggregateCommand, AllocationCommand, Cli, Command, FlavorCommand, GroupCommand, HostCommand,
-    ImageCommand, InventoryCommand, InventorySpec, Policy, ScheduleArgs, TraitCommand, UsageArgs,
-    check_distinct_classes,
+    ImageCommand, InventoryCommand, InventorySpec, Policy, RequestIdArg, ScheduleArgs,
+    ServerActionCommand, ServerCommand, ServerCreateArgs, ServerMoveArgs, ServerState,
+    ServerTarget, TraitCommand, UsageArgs, check_distinct_classes,
 };
-use crate::error::{CliError, chain};
+use crate::error::{CliError, chain, status_line};
 use crate::output::{
-    AggregatesView, AllocationView, ConsumerView, DeletedView, ExplainView, FlavorView, GroupView,
-    HostUsageView, HostView, ImageView, InventoriesView, InventoryView, Output, ProjectUsageView,
-    SelectionView, TraitsView,
+    AggregatesView, AllocationView, ConsumerView, DeletedView, EvacuationView, ExplainView,
+    FlavorView, GroupView, HostUsageView, HostView, ImageView, InventoriesView, InventoryView,
+    Output, ProjectUsageView, SelectionView, ServerActionView, ServerView, ServersDeletedView,
+    TraitsView,
 };
 
 /// Attempts of a read-generation-then-replace write before a conflict is reported.
 const WRITE_ATTEMPTS: usize = 3;
 /// Pages fetched per list call.
 const PAGE_SIZE: u32 = 500;
+/// Metadata key the engine reads the caller's request id from (and logs it under).
+pub const REQUEST_ID_KEY: &str = "x-request-id";
 
 /// Normalises `--engine`: adds `http://` when no scheme is given; rejects `https://`
 /// (this build has no TLS) and anything that is not a URI.
@@ -51,13 +59,16 @@ pub fn engine_url(raw: &str) -> Result<String, CliError> {
     Ok(url)
 }
 
-/// Clients of the three services over one channel.
+/// Clients of the engine's services over one channel.
 #[derive(Debug, Clone)]
 pub struct Clients {
     url: String,
+    /// `--timeout`: also sent as each mutation's deadline.
+    timeout: Duration,
     placement: PlacementClient<Channel>,
     scheduler: SchedulerClient<Channel>,
     catalog: CatalogClient<Channel>,
+    servers: ServersClient<Channel>,
 }
 
 impl Clients {
@@ -77,9 +88,11 @@ impl Clients {
             })?;
         Ok(Self {
             url: url.to_owned(),
+            timeout,
             placement: PlacementClient::new(channel.clone()),
             scheduler: SchedulerClient::new(channel.clone()),
-            catalog: CatalogClient::new(channel),
+            catalog: CatalogClient::new(channel.clone()),
+            servers: ServersClient::new(channel),
         })
     }
 
@@ -129,12 +142,28 @@ pub fn precheck(cmd: &Command) -> Result<(), CliError> {
                 a.instance_uuid.len()
             )))
         }
+        Command::Server(ServerCommand::Create(a)) => {
+            first_duplicate(a.metadata.iter().map(|(k, _)| k)).map_or(Ok(()), |k| {
+                Err(CliError::Usage(format!("--meta key '{k}' is given twice")))
+            })
+        }
+        Command::Server(ServerCommand::Delete(a)) => first_duplicate(&a.uuids)
+            .map_or(Ok(()), |u| {
+                Err(CliError::Usage(format!("server {u} is given twice")))
+            }),
         _ => Ok(()),
     }
 }
 
+/// The first item that occurs twice.
+fn first_duplicate<'a, I: IntoIterator<Item = &'a String>>(items: I) -> Option<&'a String> {
+    let mut seen = std::collections::HashSet::new();
+    items.into_iter().find(|i| !seen.insert(*i))
+}
+
 async fn dispatch(c: &mut Clients, cmd: &Command) -> Result<Output, CliError> {
     match cmd {
+        Command::Server(s) => server(c, s).await,
         Command::Host(h) => host(c, h).await,
         Command::Inventory(i) => inventory(c, i).await,
         Command::Trait(t) => traits(c, t).await,
@@ -334,7 +363,59 @@ async fn host(c: &mut Clients, cmd: &HostCommand) -> Result<Output, CliError> {
                 id: uuid,
             }))
         }
+        HostCommand::Disable { host, reason } => {
+            set_host_enabled(c, host, false, opt(reason)).await
+        }
+        HostCommand::Enable { host } => set_host_enabled(c, host, true, String::new()).await,
+        HostCommand::Evacuate { host, request } => {
+            let id = request_id(request);
+            let req = mutation(
+                pb::EvacuateHostRequest {
+                    host: host.clone(),
+                    request_id: id.clone(),
+                },
+                &id,
+                c.timeout,
+            )?;
+            let resp = match c.servers.evacuate_host(req).await {
+                Ok(r) => r.into_inner(),
+                Err(s) => return Err(mutation_error(s, &c.url, &id)),
+            };
+            Ok(Output::Evacuation(EvacuationView {
+                host: host.clone(),
+                request_id: id,
+                results: resp.results.into_iter().map(Into::into).collect(),
+            }))
+        }
     }
+}
+
+/// Servers.SetHostEnabled. It has no request id field (setting a flag is idempotent by
+/// nature); a fresh id still goes out as `x-request-id` so the engine's log names the call.
+async fn set_host_enabled(
+    c: &mut Clients,
+    host: &str,
+    enabled: bool,
+    reason: String,
+) -> Result<Output, CliError> {
+    let id = uuid::Uuid::new_v4().to_string();
+    let req = mutation(
+        pb::SetHostEnabledRequest {
+            host: host.to_owned(),
+            enabled,
+            reason,
+        },
+        &id,
+        c.timeout,
+    )?;
+    let p = c
+        .servers
+        .set_host_enabled(req)
+        .await?
+        .into_inner()
+        .host
+        .ok_or_else(|| Status::internal("SetHostEnabled returned no host"))?;
+    Ok(Output::Host(Box::new(p.into())))
 }
 
 async fn get_host(c: &mut Clients, uuid: &str) -> Result<HostView, CliError> {
@@ -348,6 +429,302 @@ async fn get_host(c: &mut Clients, uuid: &str) -> Result<HostView, CliError> {
         .provider
         .ok_or_else(|| Status::internal("GetResourceProvider returned no provider"))?;
     Ok(p.into())
+}
+
+// ---- servers -----------------------------------------------------------------------------
+
+/// The request id to send: the one given with `--request-id`, or a fresh UUID v4.
+pub fn request_id(arg: &RequestIdArg) -> String {
+    arg.request_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+/// A mutating request: `request_id` also goes out as `x-request-id` metadata (so the
+/// engine's logs carry the id the caller can retry with), and the call's deadline as
+/// `grpc-timeout` (the contract: the client's deadline bounds the engine's wait).
+pub fn mutation<T>(
+    message: T,
+    request_id: &str,
+    timeout: Duration,
+) -> Result<tonic::Request<T>, CliError> {
+    let value: MetadataValue<Ascii> = request_id.parse().map_err(|_| {
+        CliError::Usage(format!(
+            "request id '{request_id}' cannot be sent as x-request-id metadata"
+        ))
+    })?;
+    let mut req = tonic::Request::new(message);
+    req.metadata_mut().insert(REQUEST_ID_KEY, value);
+    req.set_timeout(timeout);
+    Ok(req)
+}
+
+/// A failed mutation. When the outcome is unknown (deadline passed, connection lost) the
+/// engine may have done the work, so the error says how to retry without doing it twice.
+pub fn mutation_error(status: Status, url: &str, request_id: &str) -> CliError {
+    let e = CliError::from_status(status, url);
+    let uncertain = match &e {
+        CliError::Unreachable { .. } => true,
+        CliError::Rpc(s) => matches!(s.code(), Code::DeadlineExceeded | Code::Cancelled),
+        _ => false,
+    };
+    if uncertain {
+        CliError::Hinted {
+            error: Box::new(e),
+            hint: format!(
+                "the engine may have done it, or may still be doing it; repeat the command \
+                 with --request-id {request_id} to retry without doing it twice"
+            ),
+        }
+    } else {
+        e
+    }
+}
+
+/// The CreateServer request for `berth server create`.
+pub fn create_server_request(a: &ServerCreateArgs, request_id: &str) -> pb::CreateServerRequest {
+    pb::CreateServerRequest {
+        name: a.name.clone(),
+        flavor: a.flavor.clone(),
+        image: a.image.clone(),
+        group: opt(&a.group),
+        availability_zone: opt(&a.az),
+        count: a.count,
+        metadata: a.metadata.iter().cloned().collect(),
+        project_id: a.project.clone(),
+        user_id: a.user.clone(),
+        request_id: request_id.to_owned(),
+        required_traits: a.traits.clone(),
+        forbidden_traits: a.forbid_trait.clone(),
+        force_hosts: a.hosts.clone(),
+    }
+}
+
+/// The wire value of a CLI vm_state.
+pub fn vm_state_to_proto(s: ServerState) -> pb::VmState {
+    match s {
+        ServerState::Building => pb::VmState::Building,
+        ServerState::Active => pb::VmState::Active,
+        ServerState::Stopped => pb::VmState::Stopped,
+        ServerState::Paused => pb::VmState::Paused,
+        ServerState::Suspended => pb::VmState::Suspended,
+        ServerState::Resized => pb::VmState::Resized,
+        ServerState::Shelved => pb::VmState::Shelved,
+        ServerState::ShelvedOffloaded => pb::VmState::ShelvedOffloaded,
+        ServerState::Error => pb::VmState::Error,
+    }
+}
+
+/// For an action subcommand: the target server and the `ServerAction` oneof to send.
+pub fn server_action(cmd: &ServerActionCommand) -> (&ServerTarget, Action) {
+    use ServerActionCommand as C;
+    let no = pb::NoArgs {};
+    let moved = |a: &ServerMoveArgs| pb::MoveArgs { host: opt(&a.host) };
+    match cmd {
+        C::Stop(t) => (t, Action::Stop(no)),
+        C::Start(t) => (t, Action::Start(no)),
+        C::Reboot(a) => (&a.target, Action::Reboot(pb::RebootArgs { hard: a.hard })),
+        C::Pause(t) => (t, Action::Pause(no)),
+        C::Unpause(t) => (t, Action::Unpause(no)),
+        C::Suspend(t) => (t, Action::Suspend(no)),
+        C::Resume(t) => (t, Action::Resume(no)),
+        C::Snapshot(a) => (
+            &a.target,
+            Action::Snapshot(pb::SnapshotArgs {
+                image_name: a.name.clone(),
+            }),
+        ),
+        C::Rebuild(a) => (
+            &a.target,
+            Action::Rebuild(pb::RebuildArgs {
+                image: opt(&a.image),
+            }),
+        ),
+        C::Shelve(t) => (t, Action::Shelve(no)),
+        C::ShelveOffload(t) => (t, Action::ShelveOffload(no)),
+        C::Unshelve(t) => (t, Action::Unshelve(no)),
+        C::Resize(a) => (
+            &a.target,
+            Action::Resize(pb::ResizeArgs {
+                flavor: a.flavor.clone(),
+            }),
+        ),
+        C::ConfirmResize(t) => (t, Action::ConfirmResize(no)),
+        C::RevertResize(t) => (t, Action::RevertResize(no)),
+        C::Migrate(a) => (&a.target, Action::Migrate(moved(a))),
+        C::LiveMigrate(a) => (&a.target, Action::LiveMigrate(moved(a))),
+        C::Evacuate(a) => (&a.target, Action::Evacuate(moved(a))),
+        C::Lock(a) => (
+            &a.target,
+            Action::Lock(pb::LockArgs {
+                reason: opt(&a.reason),
+            }),
+        ),
+        C::Unlock(t) => (t, Action::Unlock(no)),
+    }
+}
+
+/// The name the action history uses for an action (`live_migrate`, `shelve_offload`).
+pub fn action_name(action: &Action) -> &'static str {
+    match action {
+        Action::Stop(_) => "stop",
+        Action::Start(_) => "start",
+        Action::Reboot(_) => "reboot",
+        Action::Pause(_) => "pause",
+        Action::Unpause(_) => "unpause",
+        Action::Suspend(_) => "suspend",
+        Action::Resume(_) => "resume",
+        Action::Snapshot(_) => "snapshot",
+        Action::Rebuild(_) => "rebuild",
+        Action::Shelve(_) => "shelve",
+        Action::ShelveOffload(_) => "shelve_offload",
+        Action::Unshelve(_) => "unshelve",
+        Action::Resize(_) => "resize",
+        Action::ConfirmResize(_) => "confirm_resize",
+        Action::RevertResize(_) => "revert_resize",
+        Action::Migrate(_) => "migrate",
+        Action::LiveMigrate(_) => "live_migrate",
+        Action::Evacuate(_) => "evacuate",
+        Action::Lock(_) => "lock",
+        Action::Unlock(_) => "unlock",
+    }
+}
+
+/// The view of a ServerAction answer. The outcome is read from the server's history entry
+/// for `request_id` (the newest one, should the id have been reused): a node action that
+/// failed is recorded there while the call itself succeeds.
+pub fn action_view(
+    action: &'static str,
+    request_id: &str,
+    resp: pb::ServerActionResponse,
+) -> Result<ServerActionView, CliError> {
+    let server: ServerView = resp
+        .server
+        .ok_or_else(|| Status::internal("ServerAction returned no server"))?
+        .into();
+    let record = server
+        .actions
+        .iter()
+        .rev()
+        .find(|r| r.request_id.as_deref() == Some(request_id));
+    let (ok, message) = match record {
+        Some(r) if r.finished_at_ms.is_some() => (Some(r.ok), Some(r.message.clone())),
+        Some(r) => (None, Some(r.message.clone())),
+        None => (None, None),
+    };
+    Ok(ServerActionView {
+        action: action.to_owned(),
+        request_id: request_id.to_owned(),
+        ok,
+        message,
+        image_id: (!resp.image_id.is_empty()).then_some(resp.image_id),
+        server,
+    })
+}
+
+async fn server(c: &mut Clients, cmd: &ServerCommand) -> Result<Output, CliError> {
+    match cmd {
+        ServerCommand::Action(a) => {
+            let (target, action) = server_action(a);
+            let id = request_id(&target.request);
+            let name = action_name(&action);
+            let req = mutation(
+                pb::ServerActionRequest {
+                    uuid: target.uuid.clone(),
+                    request_id: id.clone(),
+                    action: Some(action),
+                },
+                &id,
+                c.timeout,
+            )?;
+            let resp = match c.servers.server_action(req).await {
+                Ok(r) => r.into_inner(),
+                Err(s) => return Err(mutation_error(s, &c.url, &id)),
+            };
+            Ok(Output::ServerAction(Box::new(action_view(
+                name, &id, resp,
+            )?)))
+        }
+        ServerCommand::Create(a) => {
+            let id = request_id(&a.request);
+            let req = mutation(create_server_request(a, &id), &id, c.timeout)?;
+            let resp = match c.servers.create_server(req).await {
+                Ok(r) => r.into_inner(),
+                Err(s) => return Err(mutation_error(s, &c.url, &id)),
+            };
+            Ok(Output::ServersCreated(
+                resp.servers.into_iter().map(ServerView::from).collect(),
+            ))
+        }
+        ServerCommand::List(a) => {
+            let req = pb::ListServersRequest {
+                host: opt(&a.host),
+                project_id: opt(&a.project),
+                vm_state: a
+                    .state
+                    .map_or(pb::VmState::Unspecified, vm_state_to_proto)
+                    .into(),
+                page_size: PAGE_SIZE,
+                page_token: String::new(),
+            };
+            let servers = c.servers.clone();
+            let all = all_pages(|token| {
+                let mut sc = servers.clone();
+                let mut req = req.clone();
+                req.page_token = token;
+                async move {
+                    let r = sc.list_servers(req).await?.into_inner();
+                    Ok((r.servers, r.next_page_token))
+                }
+            })
+            .await?;
+            Ok(Output::Servers(
+                all.into_iter().map(ServerView::from).collect(),
+            ))
+        }
+        ServerCommand::Show { uuid } => {
+            let s = c
+                .servers
+                .get_server(pb::GetServerRequest { uuid: uuid.clone() })
+                .await?
+                .into_inner()
+                .server
+                .ok_or_else(|| Status::internal("GetServer returned no server"))?;
+            Ok(Output::Server(Box::new(s.into())))
+        }
+        ServerCommand::Delete(a) => {
+            let id = request_id(&a.request);
+            let mut view = ServersDeletedView {
+                deleted: Vec::new(),
+                failures: Vec::new(),
+            };
+            for uuid in &a.uuids {
+                let req = mutation(
+                    pb::DeleteServerRequest {
+                        uuid: uuid.clone(),
+                        request_id: id.clone(),
+                    },
+                    &id,
+                    c.timeout,
+                )?;
+                match c.servers.delete_server(req).await {
+                    Ok(_) => view.deleted.push(DeletedView {
+                        deleted: "server",
+                        id: uuid.clone(),
+                    }),
+                    Err(s) => match mutation_error(s, &c.url, &id) {
+                        // One server: its error is the command's error, as for any delete.
+                        // Several: the others are still tried; the failures go to stderr.
+                        CliError::Rpc(s) if a.uuids.len() > 1 => {
+                            view.failures.push(format!("{uuid}: {}", status_line(&s)));
+                        }
+                        e => return Err(e),
+                    },
+                }
+            }
+            Ok(Output::ServersDeleted(view))
+        }
+    }
 }
 
 // ---- inventory / traits / aggregates -----------------------------------------------------
@@ -1008,5 +1385,341 @@ mod tests {
             .is_err()
         );
         assert!(run(&["schedule", "--flavor", "f", "--instance-uuid", u]).is_ok());
+    }
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("berth").chain(args.iter().copied())).unwrap()
+    }
+
+    const U: &str = "0b4c7f7e-55a3-4bd4-a8a1-6f0f7c2d9e10";
+
+    #[test]
+    fn create_server_request_maps_every_flag() {
+        let cli = parse(&[
+            "server",
+            "create",
+            "web",
+            "--flavor",
+            "m1.small",
+            "--image",
+            "cirros",
+            "--group",
+            "web-ha",
+            "--az",
+            "az1",
+            "--count",
+            "3",
+            "--meta",
+            "role=web",
+            "--meta",
+            "tier=gold",
+            "--project",
+            "acme",
+            "--user",
+            "alice",
+            "--trait",
+            "HW_CPU_X86_AVX2",
+            "--forbid-trait",
+            "CUSTOM_SLOW",
+            "--host",
+            "compute-1",
+            "--host",
+            "compute-2",
+        ]);
+        let Command::Server(ServerCommand::Create(a)) = &cli.command else {
+            panic!("wrong command")
+        };
+        let r = create_server_request(a, "req-1");
+        assert_eq!(r.name, "web");
+        assert_eq!(r.flavor, "m1.small");
+        assert_eq!(r.image, "cirros");
+        assert_eq!(r.group, "web-ha");
+        assert_eq!(r.availability_zone, "az1");
+        assert_eq!(r.count, 3);
+        assert_eq!(r.metadata.len(), 2);
+        assert_eq!(r.metadata["tier"], "gold");
+        assert_eq!(r.project_id, "acme");
+        assert_eq!(r.user_id, "alice");
+        assert_eq!(r.request_id, "req-1");
+        assert_eq!(r.required_traits, ["HW_CPU_X86_AVX2"]);
+        assert_eq!(r.forbidden_traits, ["CUSTOM_SLOW"]);
+        assert_eq!(r.force_hosts, ["compute-1", "compute-2"]);
+    }
+
+    #[test]
+    fn every_action_subcommand_maps_to_its_oneof() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["stop"], "stop"),
+            (&["start"], "start"),
+            (&["reboot"], "reboot"),
+            (&["pause"], "pause"),
+            (&["unpause"], "unpause"),
+            (&["suspend"], "suspend"),
+            (&["resume"], "resume"),
+            (&["snapshot", "--name", "img"], "snapshot"),
+            (&["rebuild"], "rebuild"),
+            (&["shelve"], "shelve"),
+            (&["shelve-offload"], "shelve_offload"),
+            (&["unshelve"], "unshelve"),
+            (&["resize", "--flavor", "m1.large"], "resize"),
+            (&["confirm-resize"], "confirm_resize"),
+            (&["revert-resize"], "revert_resize"),
+            (&["migrate"], "migrate"),
+            (&["live-migrate"], "live_migrate"),
+            (&["evacuate"], "evacuate"),
+            (&["lock"], "lock"),
+            (&["unlock"], "unlock"),
+        ];
+        for (args, name) in cases {
+            let mut argv = vec!["server", args[0], U];
+            argv.extend(&args[1..]);
+            let cli = parse(&argv);
+            let Command::Server(ServerCommand::Action(a)) = &cli.command else {
+                panic!("{argv:?} is not an action")
+            };
+            let (target, action) = server_action(a);
+            assert_eq!(target.uuid, U, "{argv:?}");
+            assert_eq!(target.request.request_id, None, "{argv:?}");
+            assert_eq!(action_name(&action), *name, "{argv:?}");
+        }
+    }
+
+    #[test]
+    fn action_arguments_reach_the_request() {
+        let action = |args: &[&str]| {
+            let cli = parse(args);
+            let Command::Server(ServerCommand::Action(a)) = &cli.command else {
+                panic!("not an action")
+            };
+            server_action(a).1
+        };
+        assert_eq!(
+            action(&["server", "reboot", U, "--hard"]),
+            Action::Reboot(pb::RebootArgs { hard: true })
+        );
+        assert_eq!(
+            action(&["server", "reboot", U]),
+            Action::Reboot(pb::RebootArgs { hard: false })
+        );
+        assert_eq!(
+            action(&["server", "snapshot", U, "--name", "golden"]),
+            Action::Snapshot(pb::SnapshotArgs {
+                image_name: "golden".into()
+            })
+        );
+        assert_eq!(
+            action(&["server", "rebuild", U, "--image", "ubuntu"]),
+            Action::Rebuild(pb::RebuildArgs {
+                image: "ubuntu".into()
+            })
+        );
+        assert_eq!(
+            action(&["server", "rebuild", U]),
+            Action::Rebuild(pb::RebuildArgs {
+                image: String::new()
+            })
+        );
+        assert_eq!(
+            action(&["server", "resize", U, "--flavor", "m1.large"]),
+            Action::Resize(pb::ResizeArgs {
+                flavor: "m1.large".into()
+            })
+        );
+        for verb in ["migrate", "live-migrate", "evacuate"] {
+            let with = action(&["server", verb, U, "--host", "compute-2"]);
+            let without = action(&["server", verb, U]);
+            let (Action::Migrate(w) | Action::LiveMigrate(w) | Action::Evacuate(w)) = with else {
+                panic!("{verb}: {with:?}")
+            };
+            assert_eq!(w.host, "compute-2");
+            let (Action::Migrate(w) | Action::LiveMigrate(w) | Action::Evacuate(w)) = without
+            else {
+                panic!("{verb}: {without:?}")
+            };
+            assert_eq!(w.host, "");
+        }
+        assert_eq!(
+            action(&["server", "lock", U, "--reason", "legal hold"]),
+            Action::Lock(pb::LockArgs {
+                reason: "legal hold".into()
+            })
+        );
+    }
+
+    #[test]
+    fn request_ids_are_given_or_fresh_uuid_v4() {
+        let given = RequestIdArg {
+            request_id: Some("retry-7".into()),
+        };
+        assert_eq!(request_id(&given), "retry-7");
+        let none = RequestIdArg { request_id: None };
+        let a = request_id(&none);
+        let b = request_id(&none);
+        assert_ne!(a, b, "a fresh id each time");
+        assert_eq!(uuid::Uuid::parse_str(&a).unwrap().get_version_num(), 4);
+    }
+
+    #[test]
+    fn mutations_carry_the_request_id_as_metadata_and_a_deadline() {
+        let req = mutation(pb::NoArgs {}, "req-42", Duration::from_secs(30)).unwrap();
+        assert_eq!(
+            req.metadata()
+                .get(REQUEST_ID_KEY)
+                .unwrap()
+                .to_str()
+                .unwrap(),
+            "req-42"
+        );
+        assert_eq!(
+            req.metadata()
+                .get("grpc-timeout")
+                .unwrap()
+                .to_str()
+                .unwrap(),
+            "30000000u"
+        );
+        // The CLI's parser refuses such ids; here the failure is a usage error, not a panic.
+        let e = mutation(pb::NoArgs {}, "bad\nid", Duration::from_secs(1)).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+    }
+
+    #[test]
+    fn an_unknown_outcome_tells_how_to_retry_safely() {
+        let url = "http://127.0.0.1:1";
+        for status in [
+            Status::deadline_exceeded("deadline"),
+            Status::cancelled("Timeout expired"),
+        ] {
+            let e = mutation_error(status, url, "req-5");
+            assert_eq!(e.exit_code(), 1);
+            let text = e.render();
+            assert!(text.starts_with("error: "), "{text}");
+            assert!(
+                text.ends_with(
+                    "repeat the command with --request-id req-5 to retry without doing it twice\n"
+                ),
+                "{text}"
+            );
+        }
+        // The connection broke during the call.
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        let e = mutation_error(Status::from_error(Box::new(io)), url, "req-6");
+        assert_eq!(e.exit_code(), 3);
+        assert!(e.render().contains("--request-id req-6"));
+        // A definite answer needs no hint.
+        let e = mutation_error(
+            Status::failed_precondition("server is STOPPED; stop needs ACTIVE or ERROR"),
+            url,
+            "req-7",
+        );
+        assert_eq!(
+            e.render(),
+            "error: FAILED_PRECONDITION: server is STOPPED; stop needs ACTIVE or ERROR\n"
+        );
+    }
+
+    fn answer(records: Vec<pb::ServerActionRecord>, image_id: &str) -> pb::ServerActionResponse {
+        pb::ServerActionResponse {
+            server: Some(pb::Server {
+                uuid: U.into(),
+                vm_state: pb::VmState::Error.into(),
+                actions: records,
+                ..Default::default()
+            }),
+            image_id: image_id.into(),
+        }
+    }
+
+    fn rec(request_id: &str, finished: u64, ok: bool, message: &str) -> pb::ServerActionRecord {
+        pb::ServerActionRecord {
+            action: "start".into(),
+            request_id: request_id.into(),
+            started_at_ms: 1,
+            finished_at_ms: finished,
+            ok,
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn the_outcome_comes_from_this_requests_history_entry() {
+        let v = action_view(
+            "start",
+            "mine",
+            answer(
+                vec![
+                    rec("mine", 2, true, "an older use of the same id"),
+                    rec("other", 3, true, "someone else"),
+                    rec("mine", 4, false, "domain crashed on boot"),
+                    rec("", 5, true, "reconcile"),
+                ],
+                "",
+            ),
+        )
+        .unwrap();
+        assert_eq!(v.ok, Some(false));
+        assert_eq!(v.message.as_deref(), Some("domain crashed on boot"));
+        assert_eq!(v.image_id, None);
+        assert_eq!(v.server.vm_state, "ERROR");
+        assert!(Output::ServerAction(Box::new(v)).failure().is_some());
+
+        let v = action_view(
+            "snapshot",
+            "mine",
+            answer(vec![rec("mine", 0, false, "")], "img-1"),
+        )
+        .unwrap();
+        assert_eq!(v.ok, None, "still running: not a failure");
+        assert_eq!(v.image_id.as_deref(), Some("img-1"));
+
+        let v = action_view("start", "mine", answer(vec![rec("x", 2, false, "")], "")).unwrap();
+        assert_eq!((v.ok, v.message), (None, None));
+
+        let e = action_view(
+            "start",
+            "mine",
+            pb::ServerActionResponse {
+                server: None,
+                image_id: String::new(),
+            },
+        )
+        .unwrap_err();
+        assert!(e.render().contains("INTERNAL"));
+    }
+
+    #[test]
+    fn server_prechecks_reject_repeated_keys_and_servers() {
+        let run = |args: &[&str]| precheck(&parse(args).command);
+        let e = run(&[
+            "server", "create", "w", "--flavor", "f", "--image", "i", "--meta", "a=1", "--meta",
+            "a=2",
+        ])
+        .unwrap_err();
+        assert_eq!(e.render(), "error: --meta key 'a' is given twice\n");
+        assert!(
+            run(&[
+                "server", "create", "w", "--flavor", "f", "--image", "i", "--meta", "a=1",
+                "--meta", "b=1",
+            ])
+            .is_ok()
+        );
+        let upper = U.to_uppercase();
+        let e = run(&["server", "delete", U, &upper]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.render().contains(&format!("server {U} is given twice")));
+    }
+
+    #[test]
+    fn every_cli_state_has_its_wire_value() {
+        use clap::ValueEnum as _;
+        for s in ServerState::value_variants() {
+            let wire = vm_state_to_proto(*s);
+            assert_ne!(wire, pb::VmState::Unspecified);
+            let name = s.to_possible_value().unwrap().get_name().to_owned();
+            assert_eq!(
+                crate::output::vm_state_name(wire.into()),
+                name.to_uppercase().replace('-', "_")
+            );
+        }
     }
 }

@@ -31,6 +31,14 @@ pub enum CliError {
     },
     /// Writing the output failed (exit 1).
     Output(std::io::Error),
+    /// Another error with advice for what to do next, printed after it as `hint: ...`
+    /// (same exit code as the error).
+    Hinted {
+        /// The error itself.
+        error: Box<CliError>,
+        /// The advice, one line.
+        hint: String,
+    },
 }
 
 impl CliError {
@@ -40,6 +48,7 @@ impl CliError {
             CliError::Usage(_) => EXIT_USAGE,
             CliError::Rpc(_) | CliError::Output(_) => EXIT_RPC,
             CliError::Unreachable { .. } => EXIT_UNREACHABLE,
+            CliError::Hinted { error, .. } => error.exit_code(),
         }
     }
 
@@ -54,12 +63,20 @@ impl CliError {
                  hint: is berth-engine running at {url}? (set --engine or BERTH_ENGINE)\n"
             ),
             CliError::Rpc(status) => render_status(status),
+            CliError::Hinted { error, hint } => format!("{}hint: {hint}\n", error.render()),
         }
     }
 
     /// Classifies a failed call: transport failures (the status was made on this side from
-    /// a connection error, not sent by the engine) count as unreachable.
+    /// a connection error, not sent by the engine) count as unreachable. A call that ran
+    /// out of `--timeout` is not one: the engine was reached and is slow to answer, so it is
+    /// DEADLINE_EXCEEDED (exit 1).
     pub fn from_status(status: Status, url: &str) -> Self {
+        if has_source::<tonic::TimeoutExpired>(status.source()) {
+            return CliError::Rpc(Status::deadline_exceeded(
+                "the engine did not answer within --timeout (raise it for slow builds and moves)",
+            ));
+        }
         let local_transport_failure = matches!(
             status.code(),
             Code::Unavailable | Code::Unknown | Code::Cancelled
@@ -82,6 +99,19 @@ impl std::fmt::Display for CliError {
 }
 
 impl std::error::Error for CliError {}
+
+/// True if the chain holds an error of type `E`.
+fn has_source<E: std::error::Error + 'static>(
+    mut err: Option<&(dyn std::error::Error + 'static)>,
+) -> bool {
+    while let Some(e) = err {
+        if e.is::<E>() {
+            return true;
+        }
+        err = e.source();
+    }
+    false
+}
 
 /// True if the chain holds a connection-level error (tonic transport or I/O).
 fn is_transport_error(mut err: Option<&(dyn std::error::Error + 'static)>) -> bool {
@@ -117,16 +147,21 @@ pub fn code_name(code: Code) -> &'static str {
     }
 }
 
-/// `error: CODE: message`, plus the NoValidHostDetail breakdown when the status carries
-/// one. An empty message is replaced by the code's description.
-pub fn render_status(status: &Status) -> String {
+/// `CODE: message`; an empty message is replaced by the code's description.
+pub fn status_line(status: &Status) -> String {
     let code = code_name(status.code());
     let message = if status.message().is_empty() {
         status.code().description()
     } else {
         status.message()
     };
-    let mut out = format!("error: {code}: {message}\n");
+    format!("{code}: {message}")
+}
+
+/// `error: CODE: message`, plus the NoValidHostDetail breakdown when the status carries
+/// one. An empty message is replaced by the code's description.
+pub fn render_status(status: &Status) -> String {
+    let mut out = format!("error: {}\n", status_line(status));
     if status.code() == Code::ResourceExhausted
         && let Some(detail) = no_valid_host_detail(status)
     {
@@ -267,6 +302,51 @@ mod tests {
         let text = e.render();
         assert!(text.starts_with("error: UNAVAILABLE: cannot reach the engine at http://x:1: "));
         assert!(text.contains("hint: is berth-engine running at http://x:1?"));
+    }
+
+    /// Stands in for tonic's transport error, which cannot be built outside tonic.
+    #[derive(Debug)]
+    struct Wrapped(tonic::TimeoutExpired);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("transport error")
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_call_out_of_time_is_deadline_exceeded_not_unreachable() {
+        let s = Status::from_error(Box::new(Wrapped(tonic::TimeoutExpired(()))));
+        let e = CliError::from_status(s, "http://x:1");
+        assert_eq!(e.exit_code(), EXIT_RPC);
+        assert_eq!(
+            e.render(),
+            "error: DEADLINE_EXCEEDED: the engine did not answer within --timeout \
+             (raise it for slow builds and moves)\n"
+        );
+    }
+
+    #[test]
+    fn hints_follow_the_error_and_keep_its_exit_code() {
+        let e = CliError::Hinted {
+            error: Box::new(CliError::Rpc(Status::deadline_exceeded("late"))),
+            hint: "retry with --request-id r".into(),
+        };
+        assert_eq!(e.exit_code(), EXIT_RPC);
+        assert_eq!(
+            e.render(),
+            "error: DEADLINE_EXCEEDED: late\nhint: retry with --request-id r\n"
+        );
+        assert_eq!(
+            status_line(&Status::new(Code::NotFound, "")),
+            "NOT_FOUND: Some requested entity was not found"
+        );
     }
 
     #[test]

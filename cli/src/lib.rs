@@ -2,11 +2,12 @@
 //!
 //! The binary is [`run`]; the pieces are testable on their own:
 //! - [`args`]: the clap command tree and the parsers of `CLASS=TOTAL,ratio=X`-style values;
-//! - [`commands`]: what each command sends to the engine (Placement, Scheduler, Catalog);
+//! - [`commands`]: what each command sends to the engine (Placement, Scheduler, Catalog,
+//!   Servers), with request ids on every mutation of a server or host;
 //! - [`output`]: stable view structs printed as tables or `-o json`;
 //! - [`table`]: the aligned-column formatter;
-//! - [`error`]: `error: <CODE>: <message>` and the exit codes (1 engine error, 2 usage,
-//!   3 engine unreachable).
+//! - [`error`]: `error: <CODE>: <message>` and the exit codes (1 engine error, or a failure
+//!   the engine reported inside an answer, 2 usage, 3 engine unreachable).
 
 // The workspace warns on `unwrap` because on outside data it is a bug; in tests it is the
 // assertion style (see the root Cargo.toml), so test builds allow it.
@@ -48,9 +49,18 @@ where
         Ok(rt) => rt.block_on(commands::execute(&cli)),
         Err(e) => Err(CliError::Output(e)),
     };
-    let result = result.and_then(|out| print_stdout(&out.render(cli.output)));
+    let result = result.and_then(|out| {
+        print_stdout(&out.render(cli.output))?;
+        Ok(out.failure())
+    });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(None) => ExitCode::SUCCESS,
+        // The engine answered, but reported a failure inside the answer (a node action
+        // that failed, a server that could not be built): printed above, an error here.
+        Ok(Some(failure)) => {
+            let _ = std::io::stderr().write_all(format!("error: {failure}\n").as_bytes());
+            ExitCode::from(error::EXIT_RPC)
+        }
         Err(e) => {
             let _ = std::io::stderr().write_all(e.render().as_bytes());
             ExitCode::from(e.exit_code())

@@ -295,10 +295,128 @@ pub struct ProjectUsageView {
     pub usages: BTreeMap<String, u64>,
 }
 
+/// One entry of a server's action history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServerActionRecordView {
+    /// `create`, `stop`, `live_migrate`, ..., or `reconcile` for the engine's own changes.
+    pub action: String,
+    /// Request id of the call; `null` for the engine's own changes.
+    pub request_id: Option<String>,
+    /// Start, milliseconds since the Unix epoch.
+    pub started_at_ms: u64,
+    /// End, milliseconds since the Unix epoch; `null` while running.
+    pub finished_at_ms: Option<u64>,
+    /// True if the action succeeded.
+    pub ok: bool,
+    /// What happened, or why it failed.
+    pub message: String,
+}
+
+/// A server (instance).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServerView {
+    /// Server UUID (also its consumer UUID in placement).
+    pub uuid: String,
+    /// Display name.
+    pub name: String,
+    /// Owning project.
+    pub project_id: String,
+    /// Owning user.
+    pub user_id: String,
+    /// Flavor name.
+    pub flavor: String,
+    /// Image name.
+    pub image: String,
+    /// `BUILDING`, `ACTIVE`, `STOPPED`, `PAUSED`, `SUSPENDED`, `RESIZED`, `SHELVED`,
+    /// `SHELVED_OFFLOADED`, `ERROR` (or `UNKNOWN(N)`).
+    pub vm_state: String,
+    /// The task in progress, e.g. `SPAWNING`, `MIGRATING`; `NONE` when idle.
+    pub task_state: String,
+    /// `RUNNING`, `PAUSED`, `SUSPENDED`, `SHUTOFF`, `CRASHED`, `NOSTATE`; `null` without a
+    /// domain.
+    pub power_state: Option<String>,
+    /// Provider UUID of its host; `null` when on none.
+    pub host_uuid: Option<String>,
+    /// Name of its host; `null` when on none.
+    pub host_name: Option<String>,
+    /// Availability zone it was placed in; `null` if none.
+    pub availability_zone: Option<String>,
+    /// Server group UUID; `null` if none.
+    pub group: Option<String>,
+    /// Network addresses.
+    pub addresses: Vec<String>,
+    /// User metadata.
+    pub metadata: BTreeMap<String, String>,
+    /// True while locked.
+    pub locked: bool,
+    /// Why it was locked; `null` if no reason was given.
+    pub locked_reason: Option<String>,
+    /// The last failure; `null` if none.
+    pub fault: Option<String>,
+    /// Creation time, milliseconds since the Unix epoch.
+    pub created_at_ms: u64,
+    /// Last change, milliseconds since the Unix epoch.
+    pub updated_at_ms: u64,
+    /// While RESIZED: the host it moved from; else `null`.
+    pub resize_source_host: Option<String>,
+    /// While RESIZED: the flavor before the resize; else `null`.
+    pub resize_old_flavor: Option<String>,
+    /// Action history, oldest first.
+    pub actions: Vec<ServerActionRecordView>,
+}
+
+/// The answer to one server action (`berth server stop`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServerActionView {
+    /// The action as the history names it: `stop`, `live_migrate`, ...
+    pub action: String,
+    /// The request id that was sent.
+    pub request_id: String,
+    /// Outcome from the history entry of this request; `null` if the engine recorded none.
+    pub ok: Option<bool>,
+    /// That entry's message; `null` if there is none.
+    pub message: Option<String>,
+    /// Snapshot only: id of the new image record; else `null`.
+    pub image_id: Option<String>,
+    /// The server after the action.
+    pub server: ServerView,
+}
+
+/// The answer to `berth server delete`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServersDeletedView {
+    /// The servers deleted (printed; in JSON, the whole output is this array).
+    pub deleted: Vec<DeletedView>,
+    /// `UUID: CODE: message` per server that could not be deleted (reported on stderr).
+    pub failures: Vec<String>,
+}
+
+/// Outcome of evacuating one server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EvacuationResultView {
+    /// Server UUID.
+    pub uuid: String,
+    /// True if it now runs elsewhere.
+    pub ok: bool,
+    /// Where it went, or why it could not.
+    pub message: String,
+}
+
+/// The answer to `berth host evacuate`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EvacuationView {
+    /// The host as given on the command line.
+    pub host: String,
+    /// The request id that was sent.
+    pub request_id: String,
+    /// One result per server that was on the host.
+    pub results: Vec<EvacuationResultView>,
+}
+
 /// Result of a delete.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DeletedView {
-    /// What kind of thing: `host`, `flavor`, `image`, `group`, `allocation`.
+    /// What kind of thing: `host`, `flavor`, `image`, `group`, `allocation`, `server`.
     pub deleted: &'static str,
     /// The id or name that was deleted.
     pub id: String,
@@ -343,6 +461,18 @@ pub enum Output {
     ProjectUsage(ProjectUsageView),
     /// Something was deleted.
     Deleted(DeletedView),
+    /// One server.
+    Server(Box<ServerView>),
+    /// Server list.
+    Servers(Vec<ServerView>),
+    /// Servers made by `server create` (a server in ERROR is a failure).
+    ServersCreated(Vec<ServerView>),
+    /// The answer to a server action.
+    ServerAction(Box<ServerActionView>),
+    /// Servers deleted, and the ones that could not be.
+    ServersDeleted(ServersDeletedView),
+    /// Evacuation of a host.
+    Evacuation(EvacuationView),
 }
 
 impl Output {
@@ -384,6 +514,71 @@ impl Output {
             Output::HostUsages(v) => j(v),
             Output::ProjectUsage(v) => j(v),
             Output::Deleted(v) => j(v),
+            Output::Server(v) => j(v),
+            Output::Servers(v) | Output::ServersCreated(v) => j(v),
+            Output::ServerAction(v) => j(v),
+            Output::ServersDeleted(v) => j(&v.deleted),
+            Output::Evacuation(v) => j(v),
+        }
+    }
+
+    /// A failure the engine reported inside a successful answer: a server action that
+    /// failed on its node, a server that failed to build, servers that could not be
+    /// deleted or evacuated. The output is still printed; this then goes to stderr as
+    /// `error: <failure>` and the exit code is 1.
+    pub fn failure(&self) -> Option<String> {
+        match self {
+            Output::ServerAction(v) if v.ok == Some(false) => Some(format!(
+                "{} failed: {} (server {} is now {})",
+                v.action,
+                v.message.as_deref().unwrap_or("no reason given"),
+                v.server.uuid,
+                v.server.vm_state
+            )),
+            Output::ServersCreated(servers) => {
+                let failed: Vec<&ServerView> =
+                    servers.iter().filter(|s| s.vm_state == "ERROR").collect();
+                if failed.is_empty() {
+                    return None;
+                }
+                let mut msg = format!(
+                    "{} of {} servers failed to build",
+                    failed.len(),
+                    servers.len()
+                );
+                for s in failed {
+                    msg.push_str(&format!(
+                        "\n  {} ({}): {}",
+                        s.uuid,
+                        s.name,
+                        s.fault.as_deref().unwrap_or("no fault recorded")
+                    ));
+                }
+                Some(msg)
+            }
+            Output::ServersDeleted(v) if !v.failures.is_empty() => {
+                let mut msg = format!(
+                    "could not delete {} of {} servers",
+                    v.failures.len(),
+                    v.failures.len() + v.deleted.len()
+                );
+                for f in &v.failures {
+                    msg.push_str("\n  ");
+                    msg.push_str(f);
+                }
+                Some(msg)
+            }
+            Output::Evacuation(v) => {
+                let failed = v.results.iter().filter(|r| !r.ok).count();
+                (failed > 0).then(|| {
+                    format!(
+                        "could not evacuate {failed} of {} servers from {}",
+                        v.results.len(),
+                        v.host
+                    )
+                })
+            }
+            _ => None,
         }
     }
 
@@ -517,6 +712,15 @@ impl Output {
                 out
             }
             Output::Deleted(d) => format!("Deleted {} {}\n", d.deleted, d.id),
+            Output::Server(v) => server_detail(v, true),
+            Output::Servers(v) | Output::ServersCreated(v) => server_table(v),
+            Output::ServerAction(v) => action_text(v),
+            Output::ServersDeleted(v) => v
+                .deleted
+                .iter()
+                .map(|d| format!("Deleted {} {}\n", d.deleted, d.id))
+                .collect(),
+            Output::Evacuation(v) => evacuation_text(v),
         }
     }
 }
@@ -702,6 +906,80 @@ impl From<pb::ResourceProvider> for HostUsageView {
     }
 }
 
+/// `Some(s)` unless `s` is empty: the proto's "empty means none" as an `Option`.
+fn non_empty(s: String) -> Option<String> {
+    if s.is_empty() { None } else { Some(s) }
+}
+
+/// The short upper-case name of a vm_state from the wire: `ACTIVE`, `SHELVED_OFFLOADED`.
+pub fn vm_state_name(state: i32) -> String {
+    match pb::VmState::try_from(state) {
+        Ok(pb::VmState::Unspecified) | Err(_) => format!("UNKNOWN({state})"),
+        Ok(s) => s.as_str_name().trim_start_matches("VM_STATE_").to_owned(),
+    }
+}
+
+/// The short upper-case name of a task_state from the wire: `NONE`, `RESIZE_MIGRATING`.
+pub fn task_state_name(state: i32) -> String {
+    match pb::TaskState::try_from(state) {
+        Ok(s) => s.as_str_name().trim_start_matches("TASK_STATE_").to_owned(),
+        Err(_) => format!("UNKNOWN({state})"),
+    }
+}
+
+impl From<pb::ServerActionRecord> for ServerActionRecordView {
+    fn from(a: pb::ServerActionRecord) -> Self {
+        Self {
+            action: a.action,
+            request_id: non_empty(a.request_id),
+            started_at_ms: a.started_at_ms,
+            finished_at_ms: (a.finished_at_ms != 0).then_some(a.finished_at_ms),
+            ok: a.ok,
+            message: a.message,
+        }
+    }
+}
+
+impl From<pb::Server> for ServerView {
+    fn from(s: pb::Server) -> Self {
+        Self {
+            vm_state: vm_state_name(s.vm_state),
+            task_state: task_state_name(s.task_state),
+            uuid: s.uuid,
+            name: s.name,
+            project_id: s.project_id,
+            user_id: s.user_id,
+            flavor: s.flavor,
+            image: s.image,
+            power_state: non_empty(s.power_state),
+            host_uuid: non_empty(s.host_uuid),
+            host_name: non_empty(s.host_name),
+            availability_zone: non_empty(s.availability_zone),
+            group: non_empty(s.group),
+            addresses: s.addresses,
+            metadata: s.metadata.into_iter().collect(),
+            locked: s.locked,
+            locked_reason: non_empty(s.locked_reason),
+            fault: non_empty(s.fault),
+            created_at_ms: s.created_at_ms,
+            updated_at_ms: s.updated_at_ms,
+            resize_source_host: non_empty(s.resize_source_host),
+            resize_old_flavor: non_empty(s.resize_old_flavor),
+            actions: s.actions.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+impl From<pb::EvacuationResult> for EvacuationResultView {
+    fn from(r: pb::EvacuationResult) -> Self {
+        Self {
+            uuid: r.uuid,
+            ok: r.ok,
+            message: r.message,
+        }
+    }
+}
+
 // ---- formatting helpers ------------------------------------------------------------------
 
 /// Sort key for resource classes: the standard ones in their usual order, then the rest
@@ -786,18 +1064,40 @@ fn host_state(up: bool, disabled: bool) -> String {
     }
 }
 
+/// `host list`: one row per host, then one `used/capacity` column per resource class any
+/// host has (standard classes first; `-` where a host lacks the class).
 fn host_table(hosts: &[HostView]) -> String {
-    let mut t =
-        Table::new(["UUID", "NAME", "AZ", "STATE", "INSTANCES", "GENERATION"]).right(&[4, 5]);
+    let mut classes: Vec<&str> = Vec::new();
     for h in hosts {
-        t.row([
+        for u in &h.usages {
+            if !classes.contains(&u.resource_class.as_str()) {
+                classes.push(&u.resource_class);
+            }
+        }
+    }
+    classes.sort_by_key(|c| class_order(c));
+    let mut headers = vec!["UUID", "NAME", "AZ", "STATE", "INSTANCES", "GENERATION"];
+    headers.extend(classes.iter().copied());
+    let right: Vec<usize> = (4..headers.len()).collect();
+    let mut t = Table::new(headers).right(&right);
+    for h in hosts {
+        let mut row = vec![
             h.uuid.clone(),
             h.name.clone(),
             h.availability_zone.clone(),
             host_state(h.up, h.disabled),
             h.instances.to_string(),
             h.generation.to_string(),
-        ]);
+        ];
+        for c in &classes {
+            row.push(
+                h.usages
+                    .iter()
+                    .find(|u| u.resource_class == *c)
+                    .map_or_else(|| "-".into(), |u| format!("{}/{}", u.used, u.capacity)),
+            );
+        }
+        t.row(row);
     }
     t.render()
 }
@@ -991,6 +1291,228 @@ fn usage_table(rows: &[HostUsageView]) -> String {
         t.row(row);
     }
     t.render()
+}
+
+// ---- servers -----------------------------------------------------------------------------
+
+/// Milliseconds since the Unix epoch as UTC `2024-06-01T12:00:05Z`; `-` for 0 (unset).
+pub fn fmt_time_ms(ms: u64) -> String {
+    if ms == 0 {
+        return "-".into();
+    }
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's `civil_from_days`), in
+    // unsigned arithmetic: the epoch is after the era origin, so nothing goes negative.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// A duration for people: `850ms`, `12.3s`, `4m05s`, `2h03m`.
+pub fn fmt_duration_ms(ms: u64) -> String {
+    match ms {
+        0..1_000 => format!("{ms}ms"),
+        1_000..60_000 => format!("{:.1}s", ms as f64 / 1000.0),
+        60_000..3_600_000 => format!("{}m{:02}s", ms / 60_000, ms / 1000 % 60),
+        _ => format!("{}h{:02}m", ms / 3_600_000, ms / 60_000 % 60),
+    }
+}
+
+/// A free-text value on one table line: newlines become `; `.
+fn one_line(s: &str) -> String {
+    s.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The task_state column: `-` when idle.
+fn task_cell(task_state: &str) -> String {
+    if task_state == "NONE" {
+        "-".into()
+    } else {
+        task_state.into()
+    }
+}
+
+fn server_table(servers: &[ServerView]) -> String {
+    let with_fault = servers.iter().any(|s| s.fault.is_some());
+    let mut headers = vec![
+        "UUID",
+        "NAME",
+        "VM_STATE",
+        "TASK_STATE",
+        "POWER_STATE",
+        "HOST",
+        "FLAVOR",
+        "IMAGE",
+    ];
+    if with_fault {
+        headers.push("FAULT");
+    }
+    let mut t = Table::new(headers);
+    for s in servers {
+        let mut row = vec![
+            s.uuid.clone(),
+            s.name.clone(),
+            s.vm_state.clone(),
+            task_cell(&s.task_state),
+            or_dash(s.power_state.as_deref().unwrap_or_default()),
+            or_dash(s.host_name.as_deref().unwrap_or_default()),
+            s.flavor.clone(),
+            s.image.clone(),
+        ];
+        if with_fault {
+            row.push(one_line(s.fault.as_deref().unwrap_or_default()));
+        }
+        t.row(row);
+    }
+    t.render()
+}
+
+/// `server show`: every field as `label: value`, then (with `history`) the action table.
+/// Fields that only sometimes apply (fault, resize source, lock reason) appear when set.
+fn server_detail(s: &ServerView, history: bool) -> String {
+    let host = match (&s.host_name, &s.host_uuid) {
+        (Some(name), Some(uuid)) => format!("{name} ({uuid})"),
+        (Some(one), None) | (None, Some(one)) => one.clone(),
+        (None, None) => "-".into(),
+    };
+    let mut pairs = vec![
+        ("uuid", s.uuid.clone()),
+        ("name", s.name.clone()),
+        ("project_id", s.project_id.clone()),
+        ("user_id", s.user_id.clone()),
+        ("flavor", s.flavor.clone()),
+        ("image", s.image.clone()),
+        ("vm_state", s.vm_state.clone()),
+        ("task_state", task_cell(&s.task_state)),
+        (
+            "power_state",
+            or_dash(s.power_state.as_deref().unwrap_or_default()),
+        ),
+        ("host", host),
+        (
+            "availability_zone",
+            or_dash(s.availability_zone.as_deref().unwrap_or_default()),
+        ),
+        ("group", or_dash(s.group.as_deref().unwrap_or_default())),
+        ("addresses", or_dash(&s.addresses.join("\n"))),
+        ("metadata", or_dash(&lines_of_map(&s.metadata))),
+        (
+            "locked",
+            match (s.locked, &s.locked_reason) {
+                (false, _) => "no".into(),
+                (true, None) => "yes".into(),
+                (true, Some(r)) => format!("yes: {r}"),
+            },
+        ),
+    ];
+    if let Some(f) = &s.fault {
+        pairs.push(("fault", f.clone()));
+    }
+    if let Some(h) = &s.resize_source_host {
+        pairs.push(("resize_source_host", h.clone()));
+    }
+    if let Some(f) = &s.resize_old_flavor {
+        pairs.push(("resize_old_flavor", f.clone()));
+    }
+    pairs.push(("created", fmt_time_ms(s.created_at_ms)));
+    pairs.push(("updated", fmt_time_ms(s.updated_at_ms)));
+    let mut out = key_values(&pairs);
+    if history && !s.actions.is_empty() {
+        out.push('\n');
+        out.push_str(&action_history_table(&s.actions));
+    }
+    out
+}
+
+/// The action history, oldest first: RESULT is `ok`, `failed` or `running`.
+pub fn action_history_table(actions: &[ServerActionRecordView]) -> String {
+    let mut t = Table::new([
+        "ACTION",
+        "REQUEST_ID",
+        "STARTED",
+        "DURATION",
+        "RESULT",
+        "MESSAGE",
+    ])
+    .right(&[3]);
+    for a in actions {
+        let (duration, result) = match a.finished_at_ms {
+            None => ("-".to_string(), "running"),
+            Some(end) => (
+                fmt_duration_ms(end.saturating_sub(a.started_at_ms)),
+                if a.ok { "ok" } else { "failed" },
+            ),
+        };
+        t.row([
+            a.action.clone(),
+            or_dash(a.request_id.as_deref().unwrap_or_default()),
+            fmt_time_ms(a.started_at_ms),
+            duration,
+            result.to_string(),
+            one_line(&a.message),
+        ]);
+    }
+    t.render()
+}
+
+fn action_text(v: &ServerActionView) -> String {
+    let result = match (v.ok, v.message.as_deref()) {
+        (None, _) => "unknown (the engine recorded no history entry for this request)".into(),
+        (Some(ok), msg) => {
+            let word = if ok { "ok" } else { "failed" };
+            match msg {
+                Some(m) if !m.is_empty() => format!("{word}: {}", one_line(m)),
+                _ => word.to_string(),
+            }
+        }
+    };
+    let mut pairs = vec![
+        ("action", v.action.clone()),
+        ("request_id", v.request_id.clone()),
+        ("result", result),
+    ];
+    if let Some(id) = &v.image_id {
+        pairs.push(("image_id", id.clone()));
+    }
+    let mut out = key_values(&pairs);
+    out.push('\n');
+    out.push_str(&server_detail(&v.server, false));
+    out
+}
+
+fn evacuation_text(v: &EvacuationView) -> String {
+    let mut out = format!("host {}  request_id {}\n", v.host, v.request_id);
+    if v.results.is_empty() {
+        out.push_str("no servers to evacuate\n");
+        return out;
+    }
+    let mut t = Table::new(["SERVER", "RESULT", "MESSAGE"]);
+    for r in &v.results {
+        t.row([
+            r.uuid.clone(),
+            if r.ok { "ok" } else { "failed" }.to_string(),
+            one_line(&r.message),
+        ]);
+    }
+    out.push_str(&t.render());
+    out
 }
 
 #[cfg(test)]
@@ -1217,8 +1739,8 @@ mod tests {
         let list = Output::Hosts(vec![h]).table();
         assert_eq!(
             list,
-            "UUID  NAME       AZ   STATE        INSTANCES  GENERATION\n\
-             u     compute-1  az1  up,disabled          3           7\n"
+            "UUID  NAME       AZ   STATE        INSTANCES  GENERATION   VCPU\n\
+             u     compute-1  az1  up,disabled          3           7  12/64\n"
         );
     }
 
@@ -1269,6 +1791,446 @@ mod tests {
                 "CUSTOM_A",
                 "CUSTOM_B"
             ]
+        );
+    }
+
+    // ---- servers ---------------------------------------------------------------------
+
+    const T0: u64 = 1_717_243_205_123; // 2024-06-01T12:00:05Z
+
+    fn record(
+        action: &str,
+        request_id: &str,
+        secs: u64,
+        ok: bool,
+        message: &str,
+    ) -> pb::ServerActionRecord {
+        pb::ServerActionRecord {
+            action: action.into(),
+            request_id: request_id.into(),
+            started_at_ms: T0,
+            finished_at_ms: T0 + secs * 1000 + 250,
+            ok,
+            message: message.into(),
+        }
+    }
+
+    /// An ACTIVE server on compute-1 with two history entries, as GetServer returns it.
+    fn pb_server() -> pb::Server {
+        pb::Server {
+            uuid: "0b4c7f7e-55a3-4bd4-a8a1-6f0f7c2d9e10".into(),
+            name: "web-1".into(),
+            project_id: "acme".into(),
+            user_id: "alice".into(),
+            flavor: "m1.small".into(),
+            image: "cirros".into(),
+            vm_state: pb::VmState::Active.into(),
+            task_state: pb::TaskState::None.into(),
+            power_state: "RUNNING".into(),
+            host_uuid: "6f1c2a8e-0d7b-4c1e-9a51-3b2f0e4d5c6a".into(),
+            host_name: "compute-1".into(),
+            availability_zone: "az1".into(),
+            metadata: [("role".to_string(), "web".to_string())].into(),
+            created_at_ms: T0,
+            updated_at_ms: T0 + 65_000,
+            actions: vec![
+                record(
+                    "create",
+                    "req-1",
+                    12,
+                    true,
+                    "spawned on compute-1 (attempt 1 of 3)",
+                ),
+                pb::ServerActionRecord {
+                    action: "reconcile".into(),
+                    request_id: String::new(),
+                    started_at_ms: T0 + 60_000,
+                    finished_at_ms: T0 + 60_000,
+                    ok: true,
+                    message: "power state RUNNING".into(),
+                },
+            ],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn server_states_use_the_short_enum_names() {
+        assert_eq!(vm_state_name(pb::VmState::Active.into()), "ACTIVE");
+        assert_eq!(vm_state_name(pb::VmState::Stopped.into()), "STOPPED");
+        assert_eq!(
+            vm_state_name(pb::VmState::ShelvedOffloaded.into()),
+            "SHELVED_OFFLOADED"
+        );
+        assert_eq!(vm_state_name(0), "UNKNOWN(0)");
+        assert_eq!(vm_state_name(99), "UNKNOWN(99)");
+        assert_eq!(task_state_name(0), "NONE");
+        assert_eq!(
+            task_state_name(pb::TaskState::ResizeMigrating.into()),
+            "RESIZE_MIGRATING"
+        );
+        assert_eq!(task_state_name(-1), "UNKNOWN(-1)");
+    }
+
+    #[test]
+    fn server_conversion_turns_empty_into_none() {
+        let mut p = pb_server();
+        p.host_uuid.clear();
+        p.host_name.clear();
+        p.power_state.clear();
+        p.task_state = pb::TaskState::Unshelving.into();
+        let s = ServerView::from(p);
+        assert_eq!(s.vm_state, "ACTIVE");
+        assert_eq!(s.task_state, "UNSHELVING");
+        assert_eq!(s.host_uuid, None);
+        assert_eq!(s.power_state, None);
+        assert_eq!(s.fault, None);
+        assert_eq!(s.group, None);
+        assert_eq!(s.actions[0].request_id.as_deref(), Some("req-1"));
+        assert_eq!(s.actions[1].request_id, None);
+        assert_eq!(s.actions[0].finished_at_ms, Some(T0 + 12_250));
+    }
+
+    #[test]
+    fn server_show_lists_every_field_and_the_history() {
+        let text = Output::Server(Box::new(pb_server().into())).table();
+        assert_eq!(
+            text,
+            "uuid:               0b4c7f7e-55a3-4bd4-a8a1-6f0f7c2d9e10\n\
+             name:               web-1\n\
+             project_id:         acme\n\
+             user_id:            alice\n\
+             flavor:             m1.small\n\
+             image:              cirros\n\
+             vm_state:           ACTIVE\n\
+             task_state:         -\n\
+             power_state:        RUNNING\n\
+             host:               compute-1 (6f1c2a8e-0d7b-4c1e-9a51-3b2f0e4d5c6a)\n\
+             availability_zone:  az1\n\
+             group:              -\n\
+             addresses:          -\n\
+             metadata:           role=web\n\
+             locked:             no\n\
+             created:            2024-06-01T12:00:05Z\n\
+             updated:            2024-06-01T12:01:10Z\n\
+             \n\
+             ACTION     REQUEST_ID  STARTED               DURATION  RESULT  MESSAGE\n\
+             create     req-1       2024-06-01T12:00:05Z     12.2s  ok      spawned on compute-1 (attempt 1 of 3)\n\
+             reconcile  -           2024-06-01T12:01:05Z       0ms  ok      power state RUNNING\n"
+        );
+    }
+
+    #[test]
+    fn server_show_adds_fault_lock_and_resize_fields_when_set() {
+        let mut p = pb_server();
+        p.vm_state = pb::VmState::Error.into();
+        p.fault = "attempt 1: no disk\nattempt 2: no disk".into();
+        p.locked = true;
+        p.locked_reason = "legal hold".into();
+        p.resize_source_host = "compute-2".into();
+        p.resize_old_flavor = "m1.tiny".into();
+        p.actions = vec![pb::ServerActionRecord {
+            action: "rebuild".into(),
+            request_id: "r".into(),
+            started_at_ms: T0,
+            finished_at_ms: 0,
+            ok: false,
+            message: String::new(),
+        }];
+        let text = Output::Server(Box::new(p.into())).table();
+        assert!(text.contains("vm_state:            ERROR\n"), "{text}");
+        assert!(
+            text.contains("locked:              yes: legal hold\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "fault:               attempt 1: no disk\n\
+                 \x20                    attempt 2: no disk\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("resize_source_host:  compute-2\n"), "{text}");
+        assert!(text.contains("resize_old_flavor:   m1.tiny\n"), "{text}");
+        assert!(
+            text.ends_with("rebuild  r           2024-06-01T12:00:05Z         -  running\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn server_list_dashes_idle_tasks_and_shows_faults_only_when_any() {
+        let a = ServerView::from(pb_server());
+        let mut b = pb_server();
+        b.uuid = "u-2".into();
+        b.name = "web-2".into();
+        b.vm_state = pb::VmState::ShelvedOffloaded.into();
+        b.task_state = pb::TaskState::Unshelving.into();
+        b.host_name.clear();
+        b.host_uuid.clear();
+        b.power_state.clear();
+        let b = ServerView::from(b);
+        assert_eq!(
+            Output::Servers(vec![a.clone(), b.clone()]).table(),
+            "UUID                                  NAME   VM_STATE           TASK_STATE  POWER_STATE  HOST       FLAVOR    IMAGE\n\
+             0b4c7f7e-55a3-4bd4-a8a1-6f0f7c2d9e10  web-1  ACTIVE             -           RUNNING      compute-1  m1.small  cirros\n\
+             u-2                                   web-2  SHELVED_OFFLOADED  UNSHELVING  -            -          m1.small  cirros\n"
+        );
+        let mut c = b;
+        c.vm_state = "ERROR".into();
+        c.task_state = "NONE".into();
+        c.fault = Some("no valid host\nafter 3 attempts".into());
+        let text = Output::Servers(vec![a, c]).table();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].ends_with("IMAGE   FAULT"), "{text}");
+        assert!(lines[1].ends_with("cirros"), "{text}");
+        assert!(
+            lines[2].ends_with("cirros  no valid host; after 3 attempts"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn server_json_has_stable_names_and_nulls_for_absent_values() {
+        let mut p = pb_server();
+        p.group.clear();
+        let v: serde_json::Value =
+            serde_json::from_str(&Output::Server(Box::new(p.into())).json()).unwrap();
+        assert_eq!(v["uuid"], "0b4c7f7e-55a3-4bd4-a8a1-6f0f7c2d9e10");
+        assert_eq!(v["vm_state"], "ACTIVE");
+        assert_eq!(v["task_state"], "NONE");
+        assert_eq!(v["power_state"], "RUNNING");
+        assert_eq!(v["host_name"], "compute-1");
+        assert_eq!(v["group"], serde_json::Value::Null);
+        assert_eq!(v["fault"], serde_json::Value::Null);
+        assert_eq!(v["locked"], false);
+        assert_eq!(v["metadata"], serde_json::json!({"role": "web"}));
+        assert_eq!(v["created_at_ms"], T0);
+        assert_eq!(
+            v["actions"][0],
+            serde_json::json!({
+                "action": "create",
+                "request_id": "req-1",
+                "started_at_ms": T0,
+                "finished_at_ms": T0 + 12_250,
+                "ok": true,
+                "message": "spawned on compute-1 (attempt 1 of 3)"
+            })
+        );
+        assert_eq!(v["actions"][1]["request_id"], serde_json::Value::Null);
+        // Lists (list, create) are arrays of the same objects.
+        let list: serde_json::Value =
+            serde_json::from_str(&Output::Servers(vec![pb_server().into()]).json()).unwrap();
+        assert_eq!(list[0]["name"], "web-1");
+    }
+
+    fn action(ok: Option<bool>, message: &str) -> ServerActionView {
+        let mut server = ServerView::from(pb_server());
+        server.vm_state = "STOPPED".into();
+        server.power_state = Some("SHUTOFF".into());
+        ServerActionView {
+            action: "stop".into(),
+            request_id: "req-9".into(),
+            ok,
+            message: Some(message.into()),
+            image_id: None,
+            server,
+        }
+    }
+
+    #[test]
+    fn action_result_prints_the_outcome_then_the_server_without_history() {
+        let out = Output::ServerAction(Box::new(action(Some(true), "powered off")));
+        assert_eq!(out.failure(), None);
+        let text = out.table();
+        assert!(
+            text.starts_with(
+                "action:      stop\n\
+                 request_id:  req-9\n\
+                 result:      ok: powered off\n\
+                 \n\
+                 uuid:               0b4c7f7e-55a3-4bd4-a8a1-6f0f7c2d9e10\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("vm_state:           STOPPED\n"), "{text}");
+        assert!(!text.contains("ACTION"), "no history table: {text}");
+        assert!(text.ends_with("updated:            2024-06-01T12:01:10Z\n"));
+
+        let mut snap = action(Some(true), "");
+        snap.action = "snapshot".into();
+        snap.image_id = Some("img-7".into());
+        let text = Output::ServerAction(Box::new(snap.clone())).table();
+        assert!(
+            text.contains("result:      ok\nimage_id:    img-7\n"),
+            "{text}"
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&Output::ServerAction(Box::new(snap)).json()).unwrap();
+        assert_eq!(v["action"], "snapshot");
+        assert_eq!(v["request_id"], "req-9");
+        assert_eq!(v["ok"], true);
+        assert_eq!(v["image_id"], "img-7");
+        assert_eq!(v["server"]["vm_state"], "STOPPED");
+    }
+
+    #[test]
+    fn a_failed_node_action_is_a_failure() {
+        let mut v = action(Some(false), "domain would not shut down");
+        v.server.vm_state = "ERROR".into();
+        let out = Output::ServerAction(Box::new(v));
+        assert_eq!(
+            out.failure().unwrap(),
+            "stop failed: domain would not shut down \
+             (server 0b4c7f7e-55a3-4bd4-a8a1-6f0f7c2d9e10 is now ERROR)"
+        );
+        assert!(
+            out.table()
+                .contains("result:      failed: domain would not shut down\n")
+        );
+        // No history entry for the request: not known to have failed.
+        let out = Output::ServerAction(Box::new(action(None, "")));
+        assert_eq!(out.failure(), None);
+        assert!(out.table().contains("result:      unknown ("));
+    }
+
+    #[test]
+    fn created_servers_in_error_are_a_failure_listed_ones_are_not() {
+        let ok = ServerView::from(pb_server());
+        let mut bad = ok.clone();
+        bad.uuid = "u-bad".into();
+        bad.name = "web-2".into();
+        bad.vm_state = "ERROR".into();
+        bad.fault = Some("attempt 1 on compute-1: image not found".into());
+        assert_eq!(
+            Output::ServersCreated(vec![ok.clone(), bad.clone()])
+                .failure()
+                .unwrap(),
+            "1 of 2 servers failed to build\n  u-bad (web-2): attempt 1 on compute-1: image not found"
+        );
+        assert_eq!(Output::Servers(vec![ok.clone(), bad]).failure(), None);
+        assert_eq!(Output::ServersCreated(vec![ok]).failure(), None);
+    }
+
+    #[test]
+    fn server_delete_prints_each_and_reports_the_rest() {
+        let v = ServersDeletedView {
+            deleted: vec![DeletedView {
+                deleted: "server",
+                id: "u-1".into(),
+            }],
+            failures: vec!["u-2: FAILED_PRECONDITION: server u-2 is locked".into()],
+        };
+        let out = Output::ServersDeleted(v);
+        assert_eq!(out.table(), "Deleted server u-1\n");
+        assert_eq!(
+            out.render(OutputFormat::Json),
+            "[\n  {\n    \"deleted\": \"server\",\n    \"id\": \"u-1\"\n  }\n]\n"
+        );
+        assert_eq!(
+            out.failure().unwrap(),
+            "could not delete 1 of 2 servers\n  u-2: FAILED_PRECONDITION: server u-2 is locked"
+        );
+    }
+
+    #[test]
+    fn evacuation_lists_each_server_and_fails_if_any_did() {
+        let v = EvacuationView {
+            host: "compute-1".into(),
+            request_id: "r-1".into(),
+            results: vec![
+                EvacuationResultView {
+                    uuid: "u-1".into(),
+                    ok: true,
+                    message: "rebuilt on compute-2".into(),
+                },
+                EvacuationResultView {
+                    uuid: "u-2".into(),
+                    ok: false,
+                    message: "no valid host".into(),
+                },
+            ],
+        };
+        let out = Output::Evacuation(v.clone());
+        assert_eq!(
+            out.table(),
+            "host compute-1  request_id r-1\n\
+             SERVER  RESULT  MESSAGE\n\
+             u-1     ok      rebuilt on compute-2\n\
+             u-2     failed  no valid host\n"
+        );
+        assert_eq!(
+            out.failure().unwrap(),
+            "could not evacuate 1 of 2 servers from compute-1"
+        );
+        let j: serde_json::Value = serde_json::from_str(&out.json()).unwrap();
+        assert_eq!(
+            j["results"][1],
+            serde_json::json!({"uuid": "u-2", "ok": false, "message": "no valid host"})
+        );
+        let empty = Output::Evacuation(EvacuationView {
+            results: vec![],
+            ..v
+        });
+        assert_eq!(empty.failure(), None);
+        assert!(empty.table().ends_with("no servers to evacuate\n"));
+    }
+
+    #[test]
+    fn times_are_utc_iso_8601() {
+        assert_eq!(fmt_time_ms(0), "-");
+        assert_eq!(fmt_time_ms(1), "1970-01-01T00:00:00Z");
+        assert_eq!(fmt_time_ms(T0), "2024-06-01T12:00:05Z");
+        assert_eq!(fmt_time_ms(1_709_208_000_000), "2024-02-29T12:00:00Z");
+        assert_eq!(fmt_time_ms(951_782_400_000), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn durations_pick_a_readable_unit() {
+        assert_eq!(fmt_duration_ms(0), "0ms");
+        assert_eq!(fmt_duration_ms(999), "999ms");
+        assert_eq!(fmt_duration_ms(1_000), "1.0s");
+        assert_eq!(fmt_duration_ms(12_250), "12.2s");
+        assert_eq!(fmt_duration_ms(245_000), "4m05s");
+        assert_eq!(fmt_duration_ms(7_380_000), "2h03m");
+    }
+
+    #[test]
+    fn host_list_shows_usage_per_class_as_used_over_capacity() {
+        let host = |uuid: &str, up: bool, usages: Vec<UsageView>| HostView {
+            uuid: uuid.into(),
+            name: format!("{uuid}-name"),
+            generation: 1,
+            availability_zone: String::new(),
+            up,
+            disabled: false,
+            instances: 2,
+            arch: String::new(),
+            hypervisor_type: String::new(),
+            hypervisor_version: String::new(),
+            traits: vec![],
+            aggregates: vec![],
+            capabilities: BTreeMap::new(),
+            inventories: vec![],
+            usages,
+        };
+        let hosts = vec![
+            host(
+                "a",
+                true,
+                vec![
+                    usage("DISK_GB", 40, 2000, 1.0),
+                    usage("MEMORY_MB", 4096, 393216, 1.5),
+                    usage("VCPU", 12, 64, 4.0),
+                ],
+            ),
+            host("b", false, vec![usage("CUSTOM_GPU", 1, 4, 1.0)]),
+        ];
+        assert_eq!(
+            Output::Hosts(hosts).table(),
+            "UUID  NAME    AZ  STATE  INSTANCES  GENERATION   VCPU    MEMORY_MB  DISK_GB  CUSTOM_GPU\n\
+             a     a-name      up             2           1  12/64  4096/393216  40/2000           -\n\
+             b     b-name      down           2           1      -            -        -         1/4\n"
         );
     }
 }

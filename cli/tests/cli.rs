@@ -39,6 +39,9 @@ fn unreachable_engine_exits_3_with_a_hint() {
         vec!["host", "list"],
         vec!["-o", "json", "usage"],
         vec!["schedule", "--flavor", "m1", "--dry-run"],
+        vec!["server", "list"],
+        vec!["server", "stop", "0b4c7f7e-55a3-4bd4-a8a1-6f0f7c2d9e10"],
+        vec!["host", "evacuate", "compute-1"],
     ] {
         let mut full = vec!["--engine", url.as_str()];
         full.extend(&args);
@@ -94,6 +97,21 @@ fn usage_errors_exit_2_and_name_the_bad_part() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).starts_with("error: --max-per-host"));
 
+    let out = berth(&[
+        "--engine",
+        &url,
+        "server",
+        "delete",
+        "0b4c7f7e-55a3-4bd4-a8a1-6f0f7c2d9e10",
+        "0B4C7F7E-55A3-4BD4-A8A1-6F0F7C2D9E10",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("is given twice"));
+
+    let out = berth(&["server", "stop", "web-1"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("'web-1' is not a UUID"));
+
     let out = berth(&["--engine", "https://127.0.0.1:1", "host", "list"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("TLS is not supported"));
@@ -102,7 +120,41 @@ fn usage_errors_exit_2_and_name_the_bad_part() {
 #[test]
 fn every_command_has_help_with_examples() {
     let groups: &[(&str, &[&str])] = &[
-        ("host", &["list", "show", "create", "delete"]),
+        (
+            "host",
+            &[
+                "list", "show", "create", "delete", "disable", "enable", "evacuate",
+            ],
+        ),
+        (
+            "server",
+            &[
+                "create",
+                "list",
+                "show",
+                "delete",
+                "stop",
+                "start",
+                "reboot",
+                "pause",
+                "unpause",
+                "suspend",
+                "resume",
+                "snapshot",
+                "rebuild",
+                "shelve",
+                "shelve-offload",
+                "unshelve",
+                "resize",
+                "confirm-resize",
+                "revert-resize",
+                "migrate",
+                "live-migrate",
+                "evacuate",
+                "lock",
+                "unlock",
+            ],
+        ),
         ("inventory", &["set", "show"]),
         ("trait", &["set", "show", "list"]),
         ("aggregate", &["set", "show"]),

@@ -4,6 +4,9 @@
 //! The file's keys are the flags' names with `_` for `-` (`--reserved-ram-mb` is
 //! `reserved_ram_mb`; `--trait` is the list `traits`); `compute-node/berth-node.toml` lists
 //! every key with its default. Unknown keys are refused, so a typo does not go unnoticed.
+//!
+//! Durations are seconds and may be fractional (`--heartbeat-interval 0.2` is 200 ms, which
+//! tests use); they are rounded to whole milliseconds.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -23,8 +26,54 @@ pub const DEFAULT_INSTANCES_DIR: &str = "/var/lib/berth/instances";
 /// Test-node size used for any `--test-node-*` size not given.
 pub const DEFAULT_TEST_NODE: (u32, u64, u64) = (8, 16 * 1024, 100);
 
+/// The engine endpoint when none is configured: an engine on this machine, on its default
+/// gRPC port.
+pub const DEFAULT_ENGINE: &str = "http://127.0.0.1:50051";
+
+/// Seconds between heartbeats when not configured (Nova's `report_interval`).
+pub const DEFAULT_HEARTBEAT_INTERVAL_SECS: f64 = 10.0;
+
+/// Shortest heartbeat interval, in seconds: the Nodes protocol asks for at least 100 ms.
+pub const MIN_HEARTBEAT_INTERVAL_SECS: f64 = 0.1;
+
+/// First reconnect delay, in seconds, when not configured (it doubles per failed attempt).
+pub const DEFAULT_RECONNECT_BACKOFF_SECS: f64 = 0.2;
+
+/// Longest reconnect delay, in seconds, when not configured.
+pub const DEFAULT_RECONNECT_BACKOFF_MAX_SECS: f64 = 10.0;
+
+/// Longest duration any duration setting accepts, in seconds (an hour: anything longer is a
+/// typo, and heartbeat intervals travel as 32-bit milliseconds).
+const MAX_DURATION_SECS: f64 = 3600.0;
+
+/// Which driver runs the instances.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HypervisorKind {
+    /// libvirt, at `libvirt_uri` or on a simulated test node.
+    #[default]
+    Libvirt,
+    /// The in-memory fake driver (`FakeHypervisor`), sized like a test node: for the load
+    /// harness and quick local runs. Nothing really runs.
+    Fake,
+}
+
+impl HypervisorKind {
+    /// Lower-case name, as in the flag and the file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Libvirt => "libvirt",
+            Self::Fake => "fake",
+        }
+    }
+}
+
 /// Berth compute node: reports this host's capacity to the engine and runs its instances
 /// through libvirt.
+///
+/// Without --once it connects to the engine (--engine), registers, heartbeats and runs the
+/// engine's actions until SIGINT or SIGTERM, reconnecting with backoff when the connection
+/// breaks.
 ///
 /// Example: berth-node --once --test-node-vcpus 32 --test-node-memory-mb 131072 --az az1
 #[derive(Debug, Parser)]
@@ -33,7 +82,8 @@ pub struct Cli {
     /// Configuration file (TOML; keys are the flag names with `_`, see berth-node.toml).
     #[arg(long, env = "BERTH_NODE_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Print the inventory that Register would send and the domains libvirt has, then exit.
+    /// Print the inventory that Register would send and the domains the hypervisor has, then
+    /// exit without contacting the engine.
     #[arg(long)]
     pub once: bool,
     /// Every setting; unset ones fall back to the file, then the defaults.
@@ -46,9 +96,14 @@ pub struct Cli {
 #[derive(Debug, Clone, Default, PartialEq, clap::Args, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
-    /// Engine gRPC endpoint, e.g. http://10.0.0.1:50051 (used once the Nodes stream lands).
+    /// Engine gRPC endpoint the node dials, e.g. http://10.0.0.1:50051
+    /// [default: http://127.0.0.1:50051].
     #[arg(long, env = "BERTH_NODE_ENGINE")]
     pub engine: Option<String>,
+    /// Driver that runs the instances: libvirt, or fake (in memory, sized by --test-node-*;
+    /// nothing really runs) [default: libvirt].
+    #[arg(long, env = "BERTH_NODE_HYPERVISOR", value_enum)]
+    pub hypervisor: Option<HypervisorKind>,
     /// Resource-provider name [default: this host's name].
     #[arg(long, env = "BERTH_NODE_NAME")]
     pub name: Option<String>,
@@ -79,9 +134,18 @@ pub struct Settings {
     /// DISK_GB allocation ratio [default: 1.0].
     #[arg(long, env = "BERTH_NODE_DISK_RATIO")]
     pub disk_ratio: Option<f64>,
-    /// Seconds between heartbeats [default: 10].
+    /// Seconds between heartbeats; fractions allowed, at least 0.1 (e.g. 0.2 for tests)
+    /// [default: 10].
     #[arg(long, env = "BERTH_NODE_HEARTBEAT_INTERVAL")]
-    pub heartbeat_interval: Option<u64>,
+    pub heartbeat_interval: Option<f64>,
+    /// Seconds before the first reconnect attempt after the engine connection fails; each
+    /// further failure doubles it, up to --reconnect-backoff-max, and every delay is drawn at
+    /// random below that bound (full jitter) [default: 0.2].
+    #[arg(long, env = "BERTH_NODE_RECONNECT_BACKOFF")]
+    pub reconnect_backoff: Option<f64>,
+    /// Longest wait between reconnect attempts, seconds [default: 10].
+    #[arg(long, env = "BERTH_NODE_RECONNECT_BACKOFF_MAX")]
+    pub reconnect_backoff_max: Option<f64>,
     /// Seconds `stop` waits for a clean guest shutdown before powering off [default: 60].
     #[arg(long, env = "BERTH_NODE_SHUTDOWN_TIMEOUT")]
     pub shutdown_timeout: Option<u64>,
@@ -109,6 +173,10 @@ pub struct Settings {
     /// Log filter, as RUST_LOG: "info", "berth_node=debug" [default: info].
     #[arg(long, env = "BERTH_NODE_LOG")]
     pub log: Option<String>,
+    /// Testing: fail the next N spawns with a driver error (DRIVER), then spawn normally
+    /// [default: 0].
+    #[arg(long, env = "BERTH_NODE_FAIL_SPAWNS")]
+    pub fail_spawns: Option<u32>,
 }
 
 impl Settings {
@@ -137,6 +205,7 @@ impl Settings {
     pub fn or(self, lower: Settings) -> Settings {
         Settings {
             engine: self.engine.or(lower.engine),
+            hypervisor: self.hypervisor.or(lower.hypervisor),
             name: self.name.or(lower.name),
             libvirt_uri: self.libvirt_uri.or(lower.libvirt_uri),
             az: self.az.or(lower.az),
@@ -148,6 +217,8 @@ impl Settings {
             ram_ratio: self.ram_ratio.or(lower.ram_ratio),
             disk_ratio: self.disk_ratio.or(lower.disk_ratio),
             heartbeat_interval: self.heartbeat_interval.or(lower.heartbeat_interval),
+            reconnect_backoff: self.reconnect_backoff.or(lower.reconnect_backoff),
+            reconnect_backoff_max: self.reconnect_backoff_max.or(lower.reconnect_backoff_max),
             shutdown_timeout: self.shutdown_timeout.or(lower.shutdown_timeout),
             test_node_vcpus: self.test_node_vcpus.or(lower.test_node_vcpus),
             test_node_memory_mb: self.test_node_memory_mb.or(lower.test_node_memory_mb),
@@ -156,6 +227,7 @@ impl Settings {
             instances_dir: self.instances_dir.or(lower.instances_dir),
             disk_gb: self.disk_gb.or(lower.disk_gb),
             log: self.log.or(lower.log),
+            fail_spawns: self.fail_spawns.or(lower.fail_spawns),
         }
     }
 }
@@ -183,8 +255,10 @@ pub enum DiskSource {
 /// The resolved, validated settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeConfig {
-    /// Engine endpoint, if configured.
-    pub engine: Option<String>,
+    /// Engine endpoint (an `http://` or `https://` URL).
+    pub engine: String,
+    /// Driver that runs the instances.
+    pub hypervisor: HypervisorKind,
     /// Resource-provider name.
     pub name: String,
     /// libvirt URI (the node file's URI is computed at startup when simulating).
@@ -195,16 +269,23 @@ pub struct NodeConfig {
     pub traits: Vec<String>,
     /// Reserved amounts and allocation ratios.
     pub resources: ResourcePolicy,
-    /// Time between heartbeats.
+    /// Time between heartbeats (at least 100 ms, whole milliseconds).
     pub heartbeat_interval: Duration,
+    /// First reconnect delay bound; doubles per failed attempt.
+    pub reconnect_backoff: Duration,
+    /// Cap of the reconnect delay bound.
+    pub reconnect_backoff_max: Duration,
     /// Clean-shutdown wait before a hard power-off.
     pub shutdown_timeout: Duration,
-    /// The simulated host, when any `test_node_*` setting is given.
+    /// The simulated host: for libvirt, when any `test_node_*` setting is given; for the fake
+    /// driver, always (its size, with defaults for what is not given).
     pub test_node: Option<TestNodeConfig>,
     /// Where DISK_GB comes from.
     pub disk: DiskSource,
     /// Log filter.
     pub log: String,
+    /// Testing: how many spawns fail with a driver error before spawns work (0: none).
+    pub fail_spawns: u32,
 }
 
 impl NodeConfig {
@@ -231,13 +312,13 @@ impl NodeConfig {
         if let Some(az) = &s.az {
             check_label("az", az)?;
         }
-        if let Some(engine) = &s.engine
-            && !(engine.starts_with("http://") || engine.starts_with("https://"))
-        {
+        let engine = s.engine.unwrap_or_else(|| DEFAULT_ENGINE.into());
+        if !(engine.starts_with("http://") || engine.starts_with("https://")) {
             return Err(config(format!(
                 "engine {engine:?} must be an http:// or https:// URL"
             )));
         }
+        let hypervisor = s.hypervisor.unwrap_or_default();
         let mut traits: Vec<String> = Vec::new();
         for t in s.traits.unwrap_or_default() {
             let t = t.trim().to_string();
@@ -274,11 +355,39 @@ impl NodeConfig {
                 )));
             }
         }
-        let heartbeat = s.heartbeat_interval.unwrap_or(10);
-        if heartbeat == 0 {
-            return Err(config("heartbeat_interval must be at least 1 second"));
+        let heartbeat_interval = seconds(
+            "heartbeat_interval",
+            s.heartbeat_interval
+                .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL_SECS),
+            MIN_HEARTBEAT_INTERVAL_SECS,
+        )?;
+        let reconnect_backoff = seconds(
+            "reconnect_backoff",
+            s.reconnect_backoff
+                .unwrap_or(DEFAULT_RECONNECT_BACKOFF_SECS),
+            0.001,
+        )?;
+        let reconnect_backoff_max = seconds(
+            "reconnect_backoff_max",
+            s.reconnect_backoff_max
+                .unwrap_or(DEFAULT_RECONNECT_BACKOFF_MAX_SECS),
+            0.001,
+        )?;
+        if reconnect_backoff_max < reconnect_backoff {
+            return Err(config(format!(
+                "reconnect_backoff_max ({} s) is below reconnect_backoff ({} s)",
+                reconnect_backoff_max.as_secs_f64(),
+                reconnect_backoff.as_secs_f64()
+            )));
         }
-        let simulating = s.test_node_vcpus.is_some()
+        let fake = hypervisor == HypervisorKind::Fake;
+        if fake && s.libvirt_uri.is_some() {
+            return Err(config(
+                "libvirt_uri and hypervisor = \"fake\" both given: the fake driver uses no libvirt",
+            ));
+        }
+        let simulating = fake
+            || s.test_node_vcpus.is_some()
             || s.test_node_memory_mb.is_some()
             || s.test_node_disk_gb.is_some()
             || s.test_node_file.is_some();
@@ -314,23 +423,39 @@ impl NodeConfig {
             ),
         };
         Ok(Self {
-            engine: s.engine,
+            engine,
+            hypervisor,
             name,
             libvirt_uri: s.libvirt_uri.unwrap_or_else(|| DEFAULT_URI.into()),
             availability_zone: s.az,
             traits,
             resources,
-            heartbeat_interval: Duration::from_secs(heartbeat),
+            heartbeat_interval,
+            reconnect_backoff,
+            reconnect_backoff_max,
             shutdown_timeout: Duration::from_secs(s.shutdown_timeout.unwrap_or(60)),
             test_node,
             disk,
             log: s.log.unwrap_or_else(|| "info".into()),
+            fail_spawns: s.fail_spawns.unwrap_or(0),
         })
     }
 }
 
 fn config(msg: impl Into<String>) -> NodeError {
     NodeError::Config(msg.into())
+}
+
+/// A duration setting given in (possibly fractional) seconds, rounded to whole milliseconds,
+/// at least `min` and at most an hour.
+fn seconds(key: &str, value: f64, min: f64) -> Result<Duration, NodeError> {
+    if !(value.is_finite() && (min..=MAX_DURATION_SECS).contains(&value)) {
+        return Err(config(format!(
+            "{key} must be between {min} and {MAX_DURATION_SECS} seconds, not {value}"
+        )));
+    }
+    // In range, so the product is far below 2^53 and the cast is exact.
+    Ok(Duration::from_millis((value * 1000.0).round() as u64))
 }
 
 fn check_label(key: &str, value: &str) -> Result<(), NodeError> {
@@ -389,7 +514,13 @@ mod tests {
         assert_eq!(c.resources.cpu_ratio, 4.0);
         assert_eq!(c.heartbeat_interval, Duration::from_secs(10));
         assert_eq!(c.disk, DiskSource::Filesystem(DEFAULT_INSTANCES_DIR.into()));
-        assert!(c.test_node.is_none() && c.engine.is_none() && c.traits.is_empty());
+        assert!(c.test_node.is_none() && c.traits.is_empty());
+        assert_eq!(c.engine, DEFAULT_ENGINE);
+        assert_eq!(c.engine, "http://127.0.0.1:50051");
+        assert_eq!(c.hypervisor, HypervisorKind::Libvirt);
+        assert_eq!(c.reconnect_backoff, Duration::from_millis(200));
+        assert_eq!(c.reconnect_backoff_max, Duration::from_secs(10));
+        assert_eq!(c.fail_spawns, 0);
     }
 
     #[test]
@@ -433,7 +564,7 @@ mod tests {
         ]);
         assert!(cli.once);
         let c = resolve(cli.settings).unwrap();
-        assert_eq!(c.engine.as_deref(), Some("http://10.0.0.1:50051"));
+        assert_eq!(c.engine, "http://10.0.0.1:50051");
         assert_eq!(c.name, "n1");
         assert_eq!(c.availability_zone.as_deref(), Some("az1"));
         assert_eq!(c.traits, ["CUSTOM_SSD", "HW_CPU_X86_AVX2"]);
@@ -516,6 +647,18 @@ mod tests {
             (&["--ram-ratio=-1"], "ram_ratio"),
             (&["--disk-ratio", "inf"], "disk_ratio"),
             (&["--heartbeat-interval", "0"], "heartbeat_interval"),
+            (&["--heartbeat-interval", "0.05"], "heartbeat_interval"),
+            (&["--heartbeat-interval", "NaN"], "heartbeat_interval"),
+            (&["--heartbeat-interval", "86400"], "heartbeat_interval"),
+            (&["--reconnect-backoff", "0"], "reconnect_backoff"),
+            (
+                &["--reconnect-backoff", "5", "--reconnect-backoff-max", "1"],
+                "reconnect_backoff_max",
+            ),
+            (
+                &["--hypervisor", "fake", "--libvirt-uri", "qemu:///system"],
+                "libvirt_uri",
+            ),
             (&["--trait", "custom_lower"], "trait"),
             (&["--trait", "CUSTOM SPACE"], "trait"),
             (&["--engine", "10.0.0.1:50051"], "engine"),
@@ -530,6 +673,90 @@ mod tests {
         for (args, key) in cases {
             let err = resolve(parse(args).settings).unwrap_err();
             assert!(err.to_string().contains(key), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn durations_take_fractional_seconds_and_round_to_milliseconds() {
+        let c = resolve(
+            parse(&[
+                "--heartbeat-interval",
+                "0.2",
+                "--reconnect-backoff",
+                "0.05",
+                "--reconnect-backoff-max",
+                "1.5",
+            ])
+            .settings,
+        )
+        .unwrap();
+        assert_eq!(c.heartbeat_interval, Duration::from_millis(200));
+        assert_eq!(c.reconnect_backoff, Duration::from_millis(50));
+        assert_eq!(c.reconnect_backoff_max, Duration::from_millis(1500));
+        let c = resolve(parse(&["--heartbeat-interval", "0.1234"]).settings).unwrap();
+        assert_eq!(c.heartbeat_interval, Duration::from_millis(123));
+        // The file takes integers and floats alike.
+        let file = Settings::from_toml("heartbeat_interval = 3\nreconnect_backoff_max = 2.5\n")
+            .unwrap();
+        let c = resolve(file).unwrap();
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(3));
+        assert_eq!(c.reconnect_backoff_max, Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn agent_keys_layer_like_the_others() {
+        let file = Settings::from_toml(
+            "engine = \"http://engine:1\"\nhypervisor = \"fake\"\nfail_spawns = 2\n",
+        )
+        .unwrap();
+        let c = resolve(file.clone()).unwrap();
+        assert_eq!(c.engine, "http://engine:1");
+        assert_eq!(c.hypervisor, HypervisorKind::Fake);
+        assert_eq!(c.fail_spawns, 2);
+        let flags = parse(&["--hypervisor", "libvirt", "--fail-spawns", "5"]).settings;
+        let c = resolve(flags.or(file)).unwrap();
+        assert_eq!(c.hypervisor, HypervisorKind::Libvirt);
+        assert_eq!(c.fail_spawns, 5);
+        assert_eq!(c.engine, "http://engine:1");
+        assert!(Settings::from_toml("hypervisor = \"xen\"\n").is_err());
+    }
+
+    #[test]
+    fn the_fake_hypervisor_is_sized_like_a_test_node() {
+        let c = resolve(parse(&["--hypervisor", "fake"]).settings).unwrap();
+        let t = c.test_node.expect("fake driver has a size");
+        assert_eq!(
+            (t.node.vcpus, t.node.memory_mb, t.disk_gb),
+            DEFAULT_TEST_NODE
+        );
+        assert_eq!(c.disk, DiskSource::Fixed(DEFAULT_TEST_NODE.2));
+        let c = resolve(
+            parse(&[
+                "--hypervisor",
+                "fake",
+                "--test-node-vcpus",
+                "64",
+                "--test-node-disk-gb",
+                "7",
+            ])
+            .settings,
+        )
+        .unwrap();
+        let t = c.test_node.expect("fake driver has a size");
+        assert_eq!((t.node.vcpus, t.disk_gb), (64, 7));
+    }
+
+    #[test]
+    fn help_explains_every_flag() {
+        use clap::CommandFactory as _;
+        let cmd = Cli::command();
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "help" || id == "version" {
+                continue;
+            }
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            assert!(help.len() > 10, "--{id} has no help text");
         }
     }
 

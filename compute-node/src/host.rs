@@ -1,14 +1,19 @@
-//! From configuration to a described host: opens the hypervisor (writing a simulated node file
-//! first when asked), sizes instance disk, and builds the [`Registration`] the agent will
-//! send. `berth-node --once` prints [`describe`]'s report.
+//! From configuration to a described host: opens the hypervisor (libvirt, writing a simulated
+//! node file first when asked, or the fake driver; wrapped in the fault injector for
+//! `--fail-spawns`), sizes instance disk, and builds the [`Registration`] the agent will send.
+//! `berth-node --once` prints [`describe`]'s report.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use crate::config::{DiskSource, NodeConfig};
+use crate::agent::AgentConfig;
+use crate::config::{DEFAULT_TEST_NODE, DiskSource, HypervisorKind, NodeConfig};
 use crate::error::NodeError;
-use crate::hypervisor::Hypervisor;
-use crate::inventory::{Registration, inventories};
+use crate::fake::FakeHypervisor;
+use crate::faulty::FaultyHypervisor;
+use crate::hypervisor::{Hypervisor, NodeInfo};
+use crate::inventory::Registration;
 use crate::libvirt::{LibvirtHypervisor, LibvirtOptions};
 
 const GIB: u64 = 1024 * 1024 * 1024;
@@ -68,6 +73,51 @@ pub fn open_hypervisor(cfg: &NodeConfig) -> Result<LibvirtHypervisor, NodeError>
     })?)
 }
 
+/// The fake driver sized as `cfg` says: the test-node CPUs, memory and arch, and the
+/// configured disk (`--disk-gb`, else the test node's).
+pub fn fake_hypervisor(cfg: &NodeConfig) -> FakeHypervisor {
+    let (default_vcpus, default_memory_mb, default_disk_gb) = DEFAULT_TEST_NODE;
+    let (vcpus, memory_mb, arch) = match &cfg.test_node {
+        Some(t) => (t.node.vcpus, t.node.memory_mb, t.node.arch.clone()),
+        None => (default_vcpus, default_memory_mb, "x86_64".to_string()),
+    };
+    let disk_gb = match &cfg.disk {
+        DiskSource::Fixed(gb) => *gb,
+        DiskSource::Filesystem(_) => default_disk_gb,
+    };
+    FakeHypervisor::new(NodeInfo {
+        vcpus,
+        memory_mb,
+        disk_gb,
+        arch,
+        hypervisor_type: "FAKE".into(),
+        hypervisor_version: 1_000_000,
+    })
+}
+
+/// Opens the configured driver (`hypervisor = "libvirt" | "fake"`), wrapped in a
+/// [`FaultyHypervisor`] when `fail_spawns` is set.
+///
+/// # Errors
+/// As [`open_hypervisor`] for libvirt; the fake driver always opens.
+pub fn open(cfg: &NodeConfig) -> Result<Arc<dyn Hypervisor>, NodeError> {
+    let driver: Arc<dyn Hypervisor> = match cfg.hypervisor {
+        HypervisorKind::Libvirt => Arc::new(open_hypervisor(cfg)?),
+        HypervisorKind::Fake => {
+            tracing::info!("using the fake hypervisor: nothing really runs");
+            Arc::new(fake_hypervisor(cfg))
+        }
+    };
+    if cfg.fail_spawns == 0 {
+        return Ok(driver);
+    }
+    tracing::warn!(
+        fail_spawns = cfg.fail_spawns,
+        "testing: the next spawns fail with an injected driver error"
+    );
+    Ok(Arc::new(FaultyHypervisor::new(driver, cfg.fail_spawns)))
+}
+
 /// What this node will register: `hypervisor`'s totals under `cfg`'s policy.
 ///
 /// # Errors
@@ -77,16 +127,7 @@ pub fn registration(
     cfg: &NodeConfig,
     hypervisor: &dyn Hypervisor,
 ) -> Result<Registration, NodeError> {
-    let node = hypervisor.node_info()?;
-    let inventories = inventories(&node, &cfg.resources)?;
-    Ok(Registration {
-        name: cfg.name.clone(),
-        availability_zone: cfg.availability_zone.clone(),
-        traits: cfg.traits.clone(),
-        node,
-        inventories,
-        live_migration: hypervisor.live_migration_supported(),
-    })
+    AgentConfig::from_node_config(cfg).registration(hypervisor)
 }
 
 /// The `--once` report: the registration, then every domain the hypervisor has.
@@ -157,6 +198,38 @@ mod tests {
             text.contains(&format!("{} PAUSED    vm-1", spec.uuid)),
             "{text}"
         );
+    }
+
+    #[test]
+    fn open_builds_the_configured_driver_and_fault_injector() {
+        let cfg = NodeConfig::resolve(
+            Settings {
+                hypervisor: Some(HypervisorKind::Fake),
+                test_node_vcpus: Some(3),
+                fail_spawns: Some(1),
+                ..Settings::default()
+            },
+            || "h".into(),
+        )
+        .unwrap();
+        let h = open(&cfg).unwrap();
+        let node = h.node_info().unwrap();
+        assert_eq!((node.vcpus, node.hypervisor_type.as_str()), (3, "FAKE"));
+        assert_eq!(node.disk_gb, DEFAULT_TEST_NODE.2);
+        let spec = InstanceSpec {
+            uuid: uuid::Uuid::new_v4(),
+            name: "vm".into(),
+            vcpus: 1,
+            memory_mb: 64,
+            disk_gb: 1,
+            image_id: "i".into(),
+            image_name: "i".into(),
+            flavor_name: "f".into(),
+            metadata: Default::default(),
+        };
+        assert_eq!(h.spawn(&spec).unwrap_err().code(), "DRIVER");
+        h.spawn(&spec).unwrap();
+        assert!(describe(&cfg, &*h).unwrap().contains("domains: 1"));
     }
 
     #[test]

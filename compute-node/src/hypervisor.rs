@@ -311,6 +311,19 @@ pub trait Hypervisor: Send + Sync {
     /// Errors: `Driver` when the hypervisor cannot be reached.
     fn list_domains(&self) -> Result<Vec<DomainStatus>>;
 
+    /// The power state of one domain, `None` when the hypervisor does not know it. The agent
+    /// reports it after every action. The default looks the uuid up in
+    /// [`list_domains`](Self::list_domains); drivers may answer more cheaply.
+    ///
+    /// Errors: `Driver` when the hypervisor cannot be reached.
+    fn domain_state(&self, uuid: Uuid) -> Result<Option<PowerState>> {
+        Ok(self
+            .list_domains()?
+            .into_iter()
+            .find(|d| d.uuid == uuid)
+            .map(|d| d.state))
+    }
+
     /// Defines the domain from `spec` and boots it; ends Running.
     ///
     /// Errors: `AlreadyExists` if the uuid or the name is taken (nothing changes);

@@ -5,11 +5,17 @@
 //! for the host itself, `min_unit = step_size = 1`, `max_unit = total` (one instance may not
 //! be bigger than the host), and capacity is `floor((total − reserved) × allocation_ratio)`.
 //! A class whose total is 0 (no instance disk configured, say) is left out, as Nova does.
+//!
+//! The conversions to the wire (`berth_proto::v1::Inventory`, `Register`, `DomainReport`)
+//! live here too, so the agent only assembles messages.
 
 use std::fmt;
+use std::time::Duration;
+
+use berth_proto::v1 as pb;
 
 use crate::error::NodeError;
-use crate::hypervisor::NodeInfo;
+use crate::hypervisor::{DomainStatus, NodeInfo};
 
 /// Resource class of virtual CPUs.
 pub const VCPU: &str = "VCPU";
@@ -73,6 +79,46 @@ impl Inventory {
     pub fn capacity(&self) -> u64 {
         // Amounts are far below 2^53, so the float is exact; `as` saturates, never wraps.
         ((self.total - self.reserved) as f64 * self.allocation_ratio).floor() as u64
+    }
+
+    /// The wire form (`Inventory` in common.proto).
+    pub fn to_proto(&self) -> pb::Inventory {
+        pb::Inventory {
+            resource_class: self.resource_class.to_string(),
+            total: self.total,
+            reserved: self.reserved,
+            min_unit: self.min_unit,
+            max_unit: self.max_unit,
+            step_size: self.step_size,
+            allocation_ratio: self.allocation_ratio,
+        }
+    }
+}
+
+impl From<&Inventory> for pb::Inventory {
+    fn from(inv: &Inventory) -> Self {
+        inv.to_proto()
+    }
+}
+
+/// A hypervisor version in libvirt's integer encoding (`major * 1_000_000 + minor * 1_000 +
+/// release`) as the dotted `major.minor.release` the engine compares: `8_002_001` is `8.2.1`.
+pub fn dotted_version(version: u64) -> String {
+    format!(
+        "{}.{}.{}",
+        version / 1_000_000,
+        version / 1_000 % 1_000,
+        version % 1_000
+    )
+}
+
+impl From<&DomainStatus> for pb::DomainReport {
+    fn from(d: &DomainStatus) -> Self {
+        pb::DomainReport {
+            uuid: d.uuid.to_string(),
+            name: d.name.clone(),
+            power_state: d.state.as_str().to_string(),
+        }
     }
 }
 
@@ -153,6 +199,33 @@ pub struct Registration {
     pub live_migration: bool,
 }
 
+impl Registration {
+    /// The `Register` message: this registration, every domain the hypervisor has, the
+    /// heartbeat interval the node will keep (whole milliseconds, saturating) and the daemon's
+    /// version.
+    pub fn to_register(
+        &self,
+        domains: &[DomainStatus],
+        heartbeat_interval: Duration,
+        agent_version: &str,
+    ) -> pb::Register {
+        pb::Register {
+            name: self.name.clone(),
+            availability_zone: self.availability_zone.clone().unwrap_or_default(),
+            traits: self.traits.clone(),
+            inventories: self.inventories.iter().map(Inventory::to_proto).collect(),
+            arch: self.node.arch.clone(),
+            hypervisor_type: self.node.hypervisor_type.clone(),
+            hypervisor_version: dotted_version(self.node.hypervisor_version),
+            live_migration: self.live_migration,
+            domains: domains.iter().map(pb::DomainReport::from).collect(),
+            heartbeat_interval_ms: u32::try_from(heartbeat_interval.as_millis())
+                .unwrap_or(u32::MAX),
+            agent_version: agent_version.to_string(),
+        }
+    }
+}
+
 impl fmt::Display for Registration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "node {}", self.name)?;
@@ -173,7 +246,7 @@ impl fmt::Display for Registration {
             f,
             "  hypervisor: {} version {} ({}), live migration: {}",
             self.node.hypervisor_type,
-            self.node.hypervisor_version,
+            dotted_version(self.node.hypervisor_version),
             self.node.arch,
             if self.live_migration { "yes" } else { "no" }
         )?;
@@ -258,6 +331,84 @@ mod tests {
             let err = inventories(&node(4, 4096, 10), &policy).unwrap_err();
             assert!(err.to_string().contains("disk_ratio"), "{err}");
         }
+    }
+
+    #[test]
+    fn versions_are_dotted_from_libvirts_integer() {
+        assert_eq!(dotted_version(8_002_001), "8.2.1");
+        assert_eq!(dotted_version(1_000_000), "1.0.0");
+        assert_eq!(dotted_version(2), "0.0.2");
+        assert_eq!(dotted_version(10_011_012), "10.11.12");
+    }
+
+    #[test]
+    fn register_carries_the_registration_on_the_wire() {
+        use crate::hypervisor::PowerState;
+        let node = NodeInfo {
+            hypervisor_version: 9_001_000,
+            ..node(8, 16384, 100)
+        };
+        let reg = Registration {
+            name: "host-1".into(),
+            availability_zone: Some("az1".into()),
+            traits: vec!["CUSTOM_SSD".into()],
+            inventories: inventories(&node, &ResourcePolicy::default()).unwrap(),
+            node,
+            live_migration: true,
+        };
+        let dom = DomainStatus {
+            uuid: uuid::Uuid::new_v4(),
+            name: "vm".into(),
+            state: PowerState::Paused,
+        };
+        let msg = reg.to_register(
+            std::slice::from_ref(&dom),
+            Duration::from_millis(250),
+            "1.2.3",
+        );
+        assert_eq!(
+            (msg.name.as_str(), msg.availability_zone.as_str()),
+            ("host-1", "az1")
+        );
+        assert_eq!(msg.traits, ["CUSTOM_SSD"]);
+        assert_eq!(
+            (msg.arch.as_str(), msg.hypervisor_type.as_str()),
+            ("x86_64", "TEST")
+        );
+        assert_eq!(msg.hypervisor_version, "9.1.0");
+        assert!(msg.live_migration);
+        assert_eq!(msg.heartbeat_interval_ms, 250);
+        assert_eq!(msg.agent_version, "1.2.3");
+        assert_eq!(
+            msg.domains,
+            [pb::DomainReport {
+                uuid: dom.uuid.to_string(),
+                name: "vm".into(),
+                power_state: "PAUSED".into(),
+            }]
+        );
+        let vcpu = &msg.inventories[0];
+        assert_eq!(
+            (
+                vcpu.resource_class.as_str(),
+                vcpu.total,
+                vcpu.max_unit,
+                vcpu.allocation_ratio
+            ),
+            ("VCPU", 8, 8, 4.0)
+        );
+        assert_eq!(msg.inventories[1].reserved, 512);
+        assert_eq!(msg.inventories.len(), 3);
+        let no_az = Registration {
+            availability_zone: None,
+            ..reg
+        };
+        assert_eq!(
+            no_az
+                .to_register(&[], Duration::from_secs(10), "v")
+                .availability_zone,
+            ""
+        );
     }
 
     #[test]

@@ -12,17 +12,20 @@
 //! - [`testnode`]: node files for libvirt's test driver, simulating a host of any size.
 //! - [`inventory`]: Placement inventory (totals, reserved, ratios) and the `Registration`
 //!   the node sends.
+//! - [`faulty`]: `FaultyHypervisor`, a decorator that makes any driver fail spawns
+//!   (`--fail-spawns`, for end-to-end tests over libvirt).
+//! - [`agent`]: the connection to the engine — `Register`, heartbeats, actions and reconnects
+//!   over the Nodes stream; [`agent::run`] is what the daemon (and the load harness) runs.
 //! - [`config`]: flags, environment and TOML settings, resolved into a `NodeConfig`.
 //! - [`host`]: from `NodeConfig` to an open hypervisor and the `--once` report.
 //! - [`error`]: `NodeError`, the daemon's fatal errors.
-//!
-//! The agent (Register, heartbeats and actions over the engine's Nodes stream) arrives with the
-//! Nodes stream; it will call the `Hypervisor` methods in `tokio::task::spawn_blocking`.
 
+pub mod agent;
 pub mod config;
 pub mod domain_xml;
 pub mod error;
 pub mod fake;
+pub mod faulty;
 pub mod host;
 pub mod hypervisor;
 pub mod inventory;

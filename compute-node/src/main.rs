@@ -1,9 +1,10 @@
-//! `berth-node`: the compute-node daemon. Parses flags, sets up logging, opens libvirt and
-//! prints what the node would register. Connecting to the engine arrives with the Nodes
-//! stream.
+//! `berth-node`: the compute-node daemon. Parses flags, sets up logging, opens the hypervisor
+//! and runs the agent against the engine until SIGINT or SIGTERM; with `--once` it prints
+//! what the node would register instead.
 
 use std::process::ExitCode;
 
+use berth_node::agent::{self, AgentConfig};
 use berth_node::config::{Cli, NodeConfig};
 use berth_node::host;
 use clap::Parser;
@@ -15,20 +16,33 @@ fn main() -> ExitCode {
         Err(e) => return fail(&e.to_string()),
     };
     init_logging(&cfg.log);
-    let report =
-        host::open_hypervisor(&cfg).and_then(|hypervisor| host::describe(&cfg, &hypervisor));
-    match report {
-        Ok(text) => print!("{text}"),
+    let hypervisor = match host::open(&cfg) {
+        Ok(hypervisor) => hypervisor,
         Err(e) => return fail(&e.to_string()),
-    }
+    };
     if cli.once {
-        return ExitCode::SUCCESS;
+        return match host::describe(&cfg, &*hypervisor) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e.to_string()),
+        };
     }
-    let engine = cfg.engine.as_deref().unwrap_or("(no --engine given)");
-    fail(&format!(
-        "connecting to the engine {engine} arrives with the Nodes stream (not implemented yet); \
-         use --once to print this node's inventory and domains"
-    ))
+    // One thread is plenty for one stream and a heartbeat; hypervisor calls run on the
+    // blocking pool.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
+    };
+    let agent_cfg = AgentConfig::from_node_config(&cfg);
+    match runtime.block_on(agent::run(agent_cfg, hypervisor, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e.to_string()),
+    }
 }
 
 fn fail(msg: &str) -> ExitCode {
@@ -44,4 +58,35 @@ fn init_logging(filter: &str) {
         .with_target(false)
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// Completes on SIGINT or SIGTERM. A signal that cannot be watched is logged and ignored (the
+/// other still works).
+async fn shutdown_signal() {
+    let interrupt = async {
+        match tokio::signal::ctrl_c().await {
+            Ok(()) => "SIGINT",
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGINT");
+                std::future::pending().await
+            }
+        }
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+                "SIGTERM"
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM");
+                std::future::pending().await
+            }
+        }
+    };
+    let signal = tokio::select! {
+        s = interrupt => s,
+        s = terminate => s,
+    };
+    tracing::info!(signal, "shutting down");
 }

@@ -27,7 +27,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Serve the gRPC API (Placement, Scheduler, Catalog, health, reflection).
+    /// Serve the gRPC API (Placement, Scheduler, Catalog, Servers, the compute nodes' Nodes
+    /// stream, health, reflection).
     ///
     /// Example: berth-engine serve --listen 0.0.0.0:50051 --config /etc/berth/berth.toml
     Serve {
@@ -137,8 +138,9 @@ fn serve(cfg: BerthConfig) -> Result<(), String> {
         let server = tokio::spawn({
             let engine = engine.clone();
             let server_cfg = cfg.server.clone();
+            let compute_cfg = cfg.compute.clone();
             async move {
-                api::serve(engine, &server_cfg, listener, async {
+                api::serve(engine, &server_cfg, &compute_cfg, listener, async {
                     let _ = stop_rx.await;
                 })
                 .await

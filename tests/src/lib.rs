@@ -15,11 +15,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_engine::api::ServerConfig;
+use berth_engine::lifecycle::ComputeConfig;
 use berth_engine::{Engine, EngineConfig};
 use berth_proto::v1 as pb;
 use berth_proto::v1::catalog_client::CatalogClient;
 use berth_proto::v1::placement_client::PlacementClient;
 use berth_proto::v1::scheduler_client::SchedulerClient;
+use berth_proto::v1::servers_client::ServersClient;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::{Channel, Endpoint};
@@ -51,6 +53,8 @@ pub struct TestServer {
     pub scheduler: SchedulerClient<Channel>,
     /// `berth.v1.Catalog` client.
     pub catalog: CatalogClient<Channel>,
+    /// `berth.v1.Servers` client.
+    pub servers: ServersClient<Channel>,
     /// `grpc.health.v1.Health` client.
     pub health: HealthClient<Channel>,
     shutdown: Option<oneshot::Sender<()>>,
@@ -66,6 +70,15 @@ impl TestServer {
     /// Starts a server with the given configurations (`listen` and `metrics_listen` are
     /// ignored: the server always gets a fresh 127.0.0.1 port and no metrics exporter).
     pub async fn start_with(engine: EngineConfig, server: ServerConfig) -> Self {
+        Self::start_full(engine, server, ComputeConfig::default()).await
+    }
+
+    /// Like [`TestServer::start_with`], with compute-node and lifecycle settings too.
+    pub async fn start_full(
+        engine: EngineConfig,
+        server: ServerConfig,
+        compute: ComputeConfig,
+    ) -> Self {
         let engine = Arc::new(Engine::new(engine).expect("engine configuration is valid"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -75,7 +88,7 @@ impl TestServer {
         let task = tokio::spawn({
             let engine = engine.clone();
             async move {
-                berth_engine::api::serve(engine, &server, listener, async {
+                berth_engine::api::serve(engine, &server, &compute, listener, async {
                     let _ = rx.await;
                 })
                 .await
@@ -92,6 +105,7 @@ impl TestServer {
             placement: PlacementClient::new(channel.clone()),
             scheduler: SchedulerClient::new(channel.clone()),
             catalog: CatalogClient::new(channel.clone()),
+            servers: ServersClient::new(channel.clone()),
             health: HealthClient::new(channel.clone()),
             channel,
             shutdown: Some(tx),
@@ -317,24 +331,67 @@ pub fn expect_status<T: std::fmt::Debug>(
 
 // ---- The real binary ------------------------------------------------------------------------
 
-/// Path of the `berth-engine` binary, built if needed (once per test process) with the
-/// same profile as the running test, so it is never stale.
-///
-/// Cargo only builds a package's binaries for that package's own tests (and for
-/// `cargo test --workspace`, where it is already fresh). Otherwise, when the binary is
-/// missing or older than any source it is built from (`engine/`, `proto/`, `berth.toml`,
-/// `Cargo.lock`), this runs `cargo build -p berth-engine --bin berth-engine` into the same
-/// target directory. `BERTH_ENGINE_BIN` overrides it all with a prebuilt binary.
+/// Path of the `berth-engine` binary, built if needed with the running test's profile;
+/// `BERTH_ENGINE_BIN` overrides it with a prebuilt binary.
 pub fn berth_engine_binary() -> std::path::PathBuf {
     static BIN: std::sync::OnceLock<Result<std::path::PathBuf, String>> =
         std::sync::OnceLock::new();
-    BIN.get_or_init(build_berth_engine)
+    BIN.get_or_init(|| {
+        build_binary(
+            "BERTH_ENGINE_BIN",
+            "berth-engine",
+            "berth-engine",
+            &["engine", "proto", "berth.toml"],
+        )
+    })
+    .clone()
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Path of the `berth-node` compute-node binary, built if needed with the running test's
+/// profile; `BERTH_NODE_BIN` overrides it with a prebuilt binary.
+pub fn berth_node_binary() -> std::path::PathBuf {
+    static BIN: std::sync::OnceLock<Result<std::path::PathBuf, String>> =
+        std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        build_binary(
+            "BERTH_NODE_BIN",
+            "berth-node",
+            "berth-node",
+            &["compute-node", "proto"],
+        )
+    })
+    .clone()
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Path of the `berth` CLI binary, built if needed with the running test's profile;
+/// `BERTH_CLI_BIN` overrides it with a prebuilt binary.
+pub fn berth_cli_binary() -> std::path::PathBuf {
+    static BIN: std::sync::OnceLock<Result<std::path::PathBuf, String>> =
+        std::sync::OnceLock::new();
+    BIN.get_or_init(|| build_binary("BERTH_CLI_BIN", "berth-cli", "berth", &["cli", "proto"]))
         .clone()
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn build_berth_engine() -> Result<std::path::PathBuf, String> {
-    if let Some(p) = std::env::var_os("BERTH_ENGINE_BIN") {
+/// How the `*_binary` functions find a workspace binary: built with the same profile as the
+/// running test, into the same target directory, so it is never stale.
+///
+/// Cargo only builds a package's binaries for that package's own tests (and for
+/// `cargo test --workspace`, where they are already fresh). Otherwise, when the binary is
+/// missing or older than any source it is built from (its crate directories, `Cargo.lock`,
+/// `Cargo.toml`), `cargo build -p PACKAGE --bin BIN` runs once per test process.
+fn build_binary(
+    env_override: &str,
+    package: &str,
+    bin_name: &str,
+    crate_dirs: &[&str],
+) -> Result<std::path::PathBuf, String> {
+    if let Some(p) = (!env_override.is_empty())
+        .then(|| std::env::var_os(env_override))
+        .flatten()
+    {
         return Ok(p.into());
     }
     // target/<profile dir>/deps/<this test> → target/<profile dir>
@@ -351,10 +408,13 @@ fn build_berth_engine() -> Result<std::path::PathBuf, String> {
         Some(other) => other.to_string(),
         None => return Err(format!("odd profile dir {}", profile_dir.display())),
     };
-    let bin = profile_dir.join(format!("berth-engine{}", std::env::consts::EXE_SUFFIX));
+    let bin = profile_dir.join(format!("{bin_name}{}", std::env::consts::EXE_SUFFIX));
     let root = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
-    let sources =
-        ["engine", "proto", "berth.toml", "Cargo.lock", "Cargo.toml"].map(|p| root.join(p));
+    let sources: Vec<_> = crate_dirs
+        .iter()
+        .chain(&["Cargo.lock", "Cargo.toml"])
+        .map(|p| root.join(p))
+        .collect();
     let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
     if built.is_some_and(|b| sources.iter().all(|p| newest_mtime(p) <= Some(b))) {
         return Ok(bin);
@@ -366,12 +426,12 @@ fn build_berth_engine() -> Result<std::path::PathBuf, String> {
         .arg(&profile)
         .arg("--target-dir")
         .arg(target_dir)
-        .args(["-p", "berth-engine", "--bin", "berth-engine"])
+        .args(["-p", package, "--bin", bin_name])
         .output()
         .map_err(|e| format!("running {cargo}: {e}"))?;
     if !out.status.success() {
         return Err(format!(
-            "building berth-engine failed ({}):\n{}",
+            "building {bin_name} failed ({}):\n{}",
             out.status,
             String::from_utf8_lossy(&out.stderr)
         ));

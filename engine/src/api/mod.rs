@@ -5,9 +5,11 @@
 pub mod catalog;
 pub mod convert;
 pub mod layer;
+pub mod nodes;
 pub mod paging;
 pub mod placement;
 pub mod scheduler;
+pub mod servers;
 pub mod status;
 
 use std::future::Future;
@@ -16,11 +18,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_proto::v1::catalog_server::CatalogServer;
+use berth_proto::v1::nodes_server::NodesServer;
 use berth_proto::v1::placement_server::PlacementServer;
 use berth_proto::v1::scheduler_server::SchedulerServer;
+use berth_proto::v1::servers_server::ServersServer;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 
+use crate::lifecycle::{ComputeConfig, Conductor, NodeHub};
 use crate::{Engine, EngineConfig};
 
 /// The server's own settings (`[server]` in `berth.toml`).
@@ -113,10 +118,12 @@ pub fn spawn_gauges(engine: Arc<Engine>, period: Duration) {
 }
 
 /// Serves the gRPC API on `listener` until `shutdown` resolves, then stops accepting,
-/// finishes in-flight calls and returns.
+/// finishes in-flight calls and returns. Compute nodes connect to the same listener
+/// (`berth.v1.Nodes`); `compute` sets their liveness and action timeouts.
 pub async fn serve(
     engine: Arc<Engine>,
     config: &ServerConfig,
+    compute: &ComputeConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -133,6 +140,15 @@ pub async fn serve(
         engine: engine.clone(),
     })
     .max_decoding_message_size(max);
+    // The hub tells the conductor what nodes report; the conductor sends actions through
+    // the hub.
+    let hub = NodeHub::new(engine.clone(), compute.clone());
+    let conductor = Conductor::new(engine.clone(), hub.clone(), compute.clone());
+    hub.set_reconciler(conductor.clone());
+    let liveness = hub.spawn_liveness_monitor();
+    let nodes = NodesServer::new(nodes::NodesApi::new(hub.clone())).max_decoding_message_size(max);
+    let servers =
+        ServersServer::new(servers::ServersApi::new(conductor)).max_decoding_message_size(max);
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
@@ -143,6 +159,12 @@ pub async fn serve(
         .await;
     health_reporter
         .set_serving::<CatalogServer<catalog::CatalogApi>>()
+        .await;
+    health_reporter
+        .set_serving::<ServersServer<servers::ServersApi>>()
+        .await;
+    health_reporter
+        .set_serving::<NodesServer<nodes::NodesApi>>()
         .await;
 
     let reflection = || {
@@ -161,9 +183,11 @@ pub async fn serve(
         .with_keepalive(Some(Duration::from_secs(60)));
     tracing::info!(%addr, providers = engine.provider_count(), shards = engine.shard_count(), "berth-engine serving gRPC");
     let reporter = health_reporter.clone();
+    let node_hub = hub.clone();
     let shutdown = async move {
         shutdown.await;
         tracing::info!("shutting down: no new calls, finishing in-flight ones");
+        node_hub.close_all("the engine is shutting down");
         reporter
             .set_not_serving::<PlacementServer<placement::PlacementApi>>()
             .await;
@@ -172,6 +196,12 @@ pub async fn serve(
             .await;
         reporter
             .set_not_serving::<CatalogServer<catalog::CatalogApi>>()
+            .await;
+        reporter
+            .set_not_serving::<ServersServer<servers::ServersApi>>()
+            .await;
+        reporter
+            .set_not_serving::<NodesServer<nodes::NodesApi>>()
             .await;
     };
     tonic::transport::Server::builder()
@@ -183,8 +213,11 @@ pub async fn serve(
         .add_service(placement)
         .add_service(scheduler)
         .add_service(catalog)
+        .add_service(servers)
+        .add_service(nodes)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
+    liveness.abort();
     tracing::info!("berth-engine stopped");
     Ok(())
 }

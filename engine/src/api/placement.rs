@@ -245,6 +245,7 @@ impl Placement for PlacementApi {
             name: r.name,
             availability_zone,
             capabilities: r.capabilities.map(|c| btree(c.entries)),
+            ..Default::default()
         };
         let info = self
             .engine

@@ -15,11 +15,15 @@
 //! never held across an `.await`; engine locks (see [`crate::state`]) are taken inside
 //! engine calls only, never while a server lock is held across a dispatch.
 
+pub mod conductor;
 pub mod dispatch;
+pub mod hub;
 
+pub use conductor::Conductor;
 pub use dispatch::{
     ActionOutcome, DispatchError, Dispatcher, NodeAction, ReconcileReport, Reconciler,
 };
+pub use hub::NodeHub;
 
 use serde::Deserialize;
 

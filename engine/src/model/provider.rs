@@ -82,6 +82,12 @@ pub struct ProviderUpdate {
     pub availability_zone: Option<String>,
     /// New capabilities, if changing (replaces all).
     pub capabilities: Option<BTreeMap<String, String>>,
+    /// New CPU architecture, if changing; `Some("")` clears it.
+    pub arch: Option<String>,
+    /// New hypervisor type, if changing; `Some("")` clears it.
+    pub hypervisor_type: Option<String>,
+    /// New hypervisor version (dotted numbers), if changing; `Some("")` clears it.
+    pub hypervisor_version: Option<String>,
 }
 
 /// Usage of one class on one provider.

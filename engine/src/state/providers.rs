@@ -386,7 +386,7 @@ impl Engine {
         Ok(out)
     }
 
-    /// Changes a provider's name, zone or capabilities.
+    /// Changes a provider's name, zone, capabilities or hypervisor attributes.
     pub fn update_provider(
         &self,
         uuid: &Uuid,
@@ -403,6 +403,27 @@ impl Engine {
             Some(a) => Some(self.az_id(Some(a))?),
             None => None,
         };
+        fn nonempty(v: &Option<String>) -> Option<Option<&str>> {
+            v.as_deref().map(|v| (!v.is_empty()).then_some(v))
+        }
+        let arch = nonempty(&update.arch)
+            .map(|a| self.label_id(a, "arch"))
+            .transpose()?;
+        let hv_type = nonempty(&update.hypervisor_type)
+            .map(|t| self.label_id(t, "hypervisor_type"))
+            .transpose()?;
+        let hv_version = nonempty(&update.hypervisor_version)
+            .map(|v| match v {
+                None => Ok(0),
+                Some(v) => crate::scheduler::extra_specs_ops::parse_version(v).ok_or_else(|| {
+                    EngineError::invalid(
+                        "hypervisor_version",
+                        format!("{v:?} is not a version like 8.2.0"),
+                    )
+                }),
+            })
+            .transpose()?;
+        let label = |v: Option<String>| v.filter(|v| !v.is_empty());
         // Reserve the new name first so two renames cannot take the same name.
         let new_name: Option<Arc<str>> = match &update.name {
             Some(n) => {
@@ -429,6 +450,18 @@ impl Engine {
             }
             if let Some(c) = update.capabilities {
                 s.cold[i].capabilities = c;
+            }
+            if let Some(a) = arch {
+                s.arch[i] = a;
+                s.cold[i].arch = label(update.arch);
+            }
+            if let Some(t) = hv_type {
+                s.hv_type[i] = t;
+                s.cold[i].hypervisor_type = label(update.hypervisor_type);
+            }
+            if let Some(v) = hv_version {
+                s.hv_version[i] = v;
+                s.cold[i].hypervisor_version = label(update.hypervisor_version);
             }
             Ok(old)
         });
