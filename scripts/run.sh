@@ -55,7 +55,7 @@ b host list
 echo "== servers on the compute nodes"
 b flavor create m1.small --vcpus 1 --ram 2048 --disk 20
 b flavor create m1.medium --vcpus 2 --ram 4096 --disk 40
-b image create cirros --property hw_architecture=i686
+b image create cirros --property hw_architecture=x86_64
 b image create debian
 b group create db --policy anti-affinity --project demo
 b server create web --flavor m1.small --image cirros --count 4 --project demo
@@ -76,7 +76,7 @@ b host disable node-3 --reason maintenance
 b server create batch --flavor m1.small --image cirros --count 2 --project demo
 b host enable node-3
 echo "== killing node-3 (SIGKILL): it goes down after 3 missed heartbeats, then is evacuated"
-kill -9 "${NODES[2]}"
+{ kill -9 "${NODES[2]}"; wait "${NODES[2]}"; } 2>/dev/null || true
 for _ in $(seq 100); do
   "$BIN/berth" host list -o json | grep -A12 '"name": "node-3"' | grep -q '"up": false' && break
   sleep 0.1
