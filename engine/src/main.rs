@@ -113,7 +113,29 @@ fn init_logging(filter: &str) {
         .init();
 }
 
+/// Raises the soft open-file limit to the hard one: every compute node holds a connection
+/// (10,000 nodes need 10,000 descriptors), and the usual soft default is 1,024.
+fn raise_open_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current < lim.maximum {
+        let before = lim.current;
+        lim.current = lim.maximum;
+        match setrlimit(Resource::Nofile, lim.clone()) {
+            Ok(()) => tracing::debug!(?before, now = ?lim.current, "raised the open-file limit"),
+            Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+        }
+    }
+    if let Some(n) = lim.current.filter(|&n| n < 4096) {
+        tracing::warn!(
+            limit = n,
+            "open-file limit is low: each compute node needs one; raise it (ulimit -n / LimitNOFILE)"
+        );
+    }
+}
+
 fn serve(cfg: BerthConfig) -> Result<(), String> {
+    raise_open_file_limit();
     let engine =
         Arc::new(Engine::new(cfg.engine.clone()).map_err(|e| format!("configuration: {e}"))?);
     // Worker threads = cores: more runtimes or threads than cores only adds latency.
