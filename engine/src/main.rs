@@ -121,7 +121,7 @@ fn raise_open_file_limit() {
     if lim.current < lim.maximum {
         let before = lim.current;
         lim.current = lim.maximum;
-        match setrlimit(Resource::Nofile, lim.clone()) {
+        match setrlimit(Resource::Nofile, lim) {
             Ok(()) => tracing::debug!(?before, now = ?lim.current, "raised the open-file limit"),
             Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
         }
