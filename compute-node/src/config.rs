@@ -143,7 +143,8 @@ pub struct Settings {
     /// random below that bound (full jitter) [default: 0.2].
     #[arg(long, env = "BERTH_NODE_RECONNECT_BACKOFF")]
     pub reconnect_backoff: Option<f64>,
-    /// Longest wait between reconnect attempts, seconds [default: 10].
+    /// Longest wait between reconnect attempts, seconds; a cap below the default first delay
+    /// lowers that delay to the cap [default: 10].
     #[arg(long, env = "BERTH_NODE_RECONNECT_BACKOFF_MAX")]
     pub reconnect_backoff_max: Option<f64>,
     /// Seconds `stop` waits for a clean guest shutdown before powering off [default: 60].
@@ -361,7 +362,7 @@ impl NodeConfig {
                 .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL_SECS),
             MIN_HEARTBEAT_INTERVAL_SECS,
         )?;
-        let reconnect_backoff = seconds(
+        let mut reconnect_backoff = seconds(
             "reconnect_backoff",
             s.reconnect_backoff
                 .unwrap_or(DEFAULT_RECONNECT_BACKOFF_SECS),
@@ -374,11 +375,15 @@ impl NodeConfig {
             0.001,
         )?;
         if reconnect_backoff_max < reconnect_backoff {
-            return Err(config(format!(
-                "reconnect_backoff_max ({} s) is below reconnect_backoff ({} s)",
-                reconnect_backoff_max.as_secs_f64(),
-                reconnect_backoff.as_secs_f64()
-            )));
+            if s.reconnect_backoff.is_some() {
+                return Err(config(format!(
+                    "reconnect_backoff_max ({} s) is below reconnect_backoff ({} s)",
+                    reconnect_backoff_max.as_secs_f64(),
+                    reconnect_backoff.as_secs_f64()
+                )));
+            }
+            // Only the cap was given, below the default start: start at the cap.
+            reconnect_backoff = reconnect_backoff_max;
         }
         let fake = hypervisor == HypervisorKind::Fake;
         if fake && s.libvirt_uri.is_some() {
@@ -693,11 +698,17 @@ mod tests {
         assert_eq!(c.heartbeat_interval, Duration::from_millis(200));
         assert_eq!(c.reconnect_backoff, Duration::from_millis(50));
         assert_eq!(c.reconnect_backoff_max, Duration::from_millis(1500));
+        let c = resolve(parse(&["--reconnect-backoff-max", "0.1"]).settings).unwrap();
+        assert_eq!(
+            (c.reconnect_backoff, c.reconnect_backoff_max),
+            (Duration::from_millis(100), Duration::from_millis(100)),
+            "a low cap alone lowers the first delay"
+        );
         let c = resolve(parse(&["--heartbeat-interval", "0.1234"]).settings).unwrap();
         assert_eq!(c.heartbeat_interval, Duration::from_millis(123));
         // The file takes integers and floats alike.
-        let file = Settings::from_toml("heartbeat_interval = 3\nreconnect_backoff_max = 2.5\n")
-            .unwrap();
+        let file =
+            Settings::from_toml("heartbeat_interval = 3\nreconnect_backoff_max = 2.5\n").unwrap();
         let c = resolve(file).unwrap();
         assert_eq!(c.heartbeat_interval, Duration::from_secs(3));
         assert_eq!(c.reconnect_backoff_max, Duration::from_millis(2500));

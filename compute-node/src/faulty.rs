@@ -150,7 +150,10 @@ mod tests {
             let err = h.spawn(&spec(&format!("vm-{i}"))).unwrap_err();
             assert_eq!(err.code(), "DRIVER");
         }
-        assert!(fake.calls().is_empty(), "failed spawns never reach the driver");
+        assert!(
+            fake.calls().is_empty(),
+            "failed spawns never reach the driver"
+        );
         assert_eq!(h.failing_spawns(), 0);
         let s = spec("vm-ok");
         h.spawn(&s).unwrap();

@@ -83,19 +83,62 @@ fn once_on_the_default_test_uri_lists_its_domain() {
 }
 
 #[test]
-fn without_once_it_says_the_engine_connection_is_not_there_yet() {
-    let out = berth_node(&[
-        "--name",
-        "h",
-        "--disk-gb",
-        "1",
-        "--engine",
-        "http://127.0.0.1:1",
-    ]);
-    assert_eq!(out.status.code(), Some(2));
+fn without_once_it_keeps_dialling_the_engine_until_sigterm_then_exits_0() {
+    // A port with nothing behind it: the agent retries with backoff until told to stop.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let engine = format!("http://127.0.0.1:{port}");
+    let child = Command::new(env!("CARGO_BIN_EXE_berth-node"))
+        .args([
+            "--name",
+            "h",
+            "--hypervisor",
+            "fake",
+            "--engine",
+            &engine,
+            "--heartbeat-interval",
+            "0.2",
+            "--reconnect-backoff-max",
+            "0.1",
+        ])
+        .env_clear()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("binary runs");
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("Nodes stream"), "{stderr}");
-    assert!(stderr.contains("--once"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
+    assert!(stderr.contains("reconnecting"), "{stderr}");
+    assert!(stderr.contains("SIGTERM"), "{stderr}");
+}
+
+#[test]
+fn help_names_the_agent_flags() {
+    let out = berth_node(&["--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--engine",
+        "--hypervisor",
+        "--heartbeat-interval",
+        "--reconnect-backoff",
+        "--reconnect-backoff-max",
+        "--fail-spawns",
+        "--once",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from --help:\n{help}");
+    }
+    assert!(help.contains("127.0.0.1:50051"), "{help}");
 }
 
 #[test]

@@ -68,16 +68,17 @@ pub(crate) struct Request {
     pub(crate) op: Op,
 }
 
-/// An `ActionResult` for an action refused before it reached the hypervisor.
-fn invalid(action_id: String, message: String) -> pb::ActionResult {
-    pb::ActionResult {
+/// An `ActionResult` for an action refused before it reached the hypervisor (boxed: it is
+/// the rare error path of a `Result` whose success is much smaller).
+fn invalid(action_id: String, message: String) -> Box<pb::ActionResult> {
+    Box::new(pb::ActionResult {
         action_id,
         ok: false,
         error_code: "INVALID_SPEC".into(),
         message,
         power_state: String::new(),
         snapshot_id: String::new(),
-    }
+    })
 }
 
 /// Lower-case name of a wire action kind, for logs.
@@ -131,7 +132,7 @@ impl Request {
     /// Validates `action`. An action without a usable instance uuid cannot be ordered or
     /// looked up: it comes back as the `INVALID_SPEC` result to send at once. Other
     /// malformed actions become [`Op::Reject`].
-    pub(crate) fn from_proto(action: pb::Action) -> Result<Self, pb::ActionResult> {
+    pub(crate) fn from_proto(action: pb::Action) -> Result<Self, Box<pb::ActionResult>> {
         let pb::Action {
             action_id,
             request_id,
@@ -157,9 +158,7 @@ impl Request {
             Err(_) => ("unknown", Op::Reject(format!("unknown action kind {kind}"))),
             Ok(k) => {
                 let op = match k {
-                    pb::ActionKind::Unspecified => {
-                        Op::Reject("action kind is unspecified".into())
-                    }
+                    pb::ActionKind::Unspecified => Op::Reject("action kind is unspecified".into()),
                     pb::ActionKind::Spawn => {
                         instance_spec(uuid, &instance).map_or_else(Op::Reject, Op::Spawn)
                     }
@@ -339,7 +338,7 @@ impl Executor {
             Err(refused) => {
                 tracing::warn!(action_id = %refused.action_id, error = %refused.message,
                     "action refused");
-                tokio::spawn(send_result(results, refused).in_current_span());
+                tokio::spawn(send_result(results, *refused).in_current_span());
                 return;
             }
         };
@@ -422,7 +421,10 @@ mod tests {
         let Op::Spawn(spec) = r.op else {
             panic!("{:?}", r.op)
         };
-        assert_eq!((spec.name.as_str(), spec.vcpus, spec.memory_mb), ("instance-1", 2, 512));
+        assert_eq!(
+            (spec.name.as_str(), spec.vcpus, spec.memory_mb),
+            ("instance-1", 2, 512)
+        );
         assert_eq!(spec.metadata.get("k").map(String::as_str), Some("v"));
     }
 
@@ -430,12 +432,18 @@ mod tests {
     fn actions_without_a_usable_uuid_are_refused_at_once() {
         for bad in ["", "not-a-uuid", "00000000-0000-0000-0000-000000000000"] {
             let refused = Request::from_proto(action(pb::ActionKind::Stop, bad)).unwrap_err();
-            assert_eq!((refused.ok, refused.error_code.as_str()), (false, "INVALID_SPEC"));
+            assert_eq!(
+                (refused.ok, refused.error_code.as_str()),
+                (false, "INVALID_SPEC")
+            );
             assert_eq!(refused.action_id, "a-1");
         }
         let mut a = action(pb::ActionKind::Stop, U);
         a.instance = None;
-        assert_eq!(Request::from_proto(a).unwrap_err().error_code, "INVALID_SPEC");
+        assert_eq!(
+            Request::from_proto(a).unwrap_err().error_code,
+            "INVALID_SPEC"
+        );
     }
 
     #[test]
@@ -463,6 +471,9 @@ mod tests {
         }
         let mut reboot = action(pb::ActionKind::Reboot, U);
         reboot.hard = true;
-        assert_eq!(Request::from_proto(reboot).unwrap().op, Op::Reboot { hard: true });
+        assert_eq!(
+            Request::from_proto(reboot).unwrap().op,
+            Op::Reboot { hard: true }
+        );
     }
 }

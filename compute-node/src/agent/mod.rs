@@ -162,8 +162,7 @@ impl AgentConfig {
                 self.heartbeat_interval
             )));
         }
-        if self.reconnect_backoff.is_zero() || self.reconnect_backoff_max < self.reconnect_backoff
-        {
+        if self.reconnect_backoff.is_zero() || self.reconnect_backoff_max < self.reconnect_backoff {
             return Err(bad(format!(
                 "reconnect backoff {:?} to {:?}: need 0 < reconnect_backoff <= reconnect_backoff_max",
                 self.reconnect_backoff, self.reconnect_backoff_max
@@ -308,8 +307,7 @@ impl Agent {
         };
         let register = {
             let (config, hypervisor) = (Arc::clone(&self.config), Arc::clone(&self.hypervisor));
-            match tokio::task::spawn_blocking(move || config.register_message(&*hypervisor)).await
-            {
+            match tokio::task::spawn_blocking(move || config.register_message(&*hypervisor)).await {
                 Ok(Ok(register)) => register,
                 Ok(Err(e)) => return SessionEnd::Host(e),
                 Err(e) => {
@@ -363,8 +361,7 @@ impl Agent {
         }
 
         let interval = self.config.heartbeat_interval;
-        let mut ticker =
-            tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The hypervisor probe for the next heartbeat, while it runs. At most one at a time:
         // a hung driver gets "not answering" heartbeats, not a pile of blocked threads.
@@ -417,9 +414,7 @@ impl Agent {
 }
 
 /// Awaits the running probe; never completes when there is none.
-async fn wait_for(
-    probe: &mut Option<JoinHandle<Probe>>,
-) -> Result<Probe, tokio::task::JoinError> {
+async fn wait_for(probe: &mut Option<JoinHandle<Probe>>) -> Result<Probe, tokio::task::JoinError> {
     match probe {
         Some(handle) => handle.await,
         None => std::future::pending().await,

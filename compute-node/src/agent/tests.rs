@@ -33,6 +33,8 @@ const PATIENCE: Duration = Duration::from_secs(10);
 
 /// What the fake engine saw, per stream (numbered from 0 in the order they opened).
 #[derive(Debug)]
+// Test-only and short-lived; boxing the message would only make the patterns below clumsier.
+#[allow(clippy::large_enum_variant)]
 enum Event {
     Message(usize, pb::NodeMessage),
     Closed(usize),
@@ -156,7 +158,9 @@ impl FakeEngine {
         let message = pb::EngineMessage {
             body: Some(pb::engine_message::Body::Action(action)),
         };
-        self.shared.streams.lock()[stream].send(Ok(message)).unwrap();
+        self.shared.streams.lock()[stream]
+            .send(Ok(message))
+            .unwrap();
     }
 
     async fn next_event(&mut self) -> Event {
@@ -223,7 +227,10 @@ impl FakeEngine {
         let id = action.action_id.clone();
         self.send(stream, action);
         let result = self.result().await;
-        assert_eq!(result.action_id, id, "results come back for the action sent");
+        assert_eq!(
+            result.action_id, id,
+            "results come back for the action sent"
+        );
         result
     }
 }
@@ -387,7 +394,10 @@ async fn register_carries_identity_inventories_and_domains_then_heartbeats_count
         }
     );
     assert_eq!(
-        (inventory("MEMORY_MB").total, inventory("MEMORY_MB").reserved),
+        (
+            inventory("MEMORY_MB").total,
+            inventory("MEMORY_MB").reserved
+        ),
         (16384, 512)
     );
     assert_eq!(inventory("DISK_GB").total, 100);
@@ -447,11 +457,17 @@ async fn actions_produce_results_and_domain_states() {
     let vm = spec("instance-1");
     let uuid: Uuid = vm.uuid.parse().unwrap();
 
-    let r = engine.call(s, action("1", pb::ActionKind::Spawn, &vm)).await;
+    let r = engine
+        .call(s, action("1", pb::ActionKind::Spawn, &vm))
+        .await;
     assert_ok(&r, "RUNNING");
     let d = fake.domain(uuid).unwrap();
     assert_eq!(
-        (d.spec.name.as_str(), d.spec.memory_mb, d.spec.image_name.as_str()),
+        (
+            d.spec.name.as_str(),
+            d.spec.memory_mb,
+            d.spec.image_name.as_str()
+        ),
         ("instance-1", 256, "cirros")
     );
     assert_eq!(
@@ -459,19 +475,28 @@ async fn actions_produce_results_and_domain_states() {
         Some("tests")
     );
     // The engine resends a spawn whose result it lost: the running domain makes it ok.
-    let r = engine.call(s, action("1", pb::ActionKind::Spawn, &vm)).await;
+    let r = engine
+        .call(s, action("1", pb::ActionKind::Spawn, &vm))
+        .await;
     assert_ok(&r, "RUNNING");
 
     let r = engine.call(s, action("2", pb::ActionKind::Stop, &vm)).await;
     assert_ok(&r, "SHUTOFF");
     assert_eq!(fake.domain(uuid).unwrap().state, PowerState::Shutoff);
     // A spawn retried onto a domain that is not running is a real conflict.
-    let r = engine.call(s, action("2b", pb::ActionKind::Spawn, &vm)).await;
+    let r = engine
+        .call(s, action("2b", pb::ActionKind::Spawn, &vm))
+        .await;
     assert_failed(&r, "ALREADY_EXISTS");
     assert_eq!(r.power_state, "SHUTOFF");
-    let r = engine.call(s, action("3", pb::ActionKind::Pause, &vm)).await;
+    let r = engine
+        .call(s, action("3", pb::ActionKind::Pause, &vm))
+        .await;
     assert_failed(&r, "INVALID_STATE");
-    assert_eq!(r.power_state, "SHUTOFF", "a refused action reports the state");
+    assert_eq!(
+        r.power_state, "SHUTOFF",
+        "a refused action reports the state"
+    );
 
     let mut snap = action("4", pb::ActionKind::Snapshot, &vm);
     snap.snapshot_name = "before-upgrade".into();
@@ -480,7 +505,9 @@ async fn actions_produce_results_and_domain_states() {
     assert_eq!(r.snapshot_id, "before-upgrade");
     assert_eq!(fake.domain(uuid).unwrap().snapshots, ["before-upgrade"]);
 
-    let r = engine.call(s, action("5", pb::ActionKind::Start, &vm)).await;
+    let r = engine
+        .call(s, action("5", pb::ActionKind::Start, &vm))
+        .await;
     assert_ok(&r, "RUNNING");
     let mut reboot = action("6", pb::ActionKind::Reboot, &vm);
     reboot.hard = true;
@@ -502,12 +529,18 @@ async fn actions_produce_results_and_domain_states() {
         assert_ok(&engine.call(s, action(id, kind, &vm)).await, state);
     }
 
-    let r = engine.call(s, action("12", pb::ActionKind::Delete, &vm)).await;
+    let r = engine
+        .call(s, action("12", pb::ActionKind::Delete, &vm))
+        .await;
     assert_ok(&r, "");
     assert!(fake.domain(uuid).is_none());
-    let r = engine.call(s, action("13", pb::ActionKind::Delete, &vm)).await;
+    let r = engine
+        .call(s, action("13", pb::ActionKind::Delete, &vm))
+        .await;
     assert_ok(&r, "");
-    let r = engine.call(s, action("14", pb::ActionKind::Stop, &vm)).await;
+    let r = engine
+        .call(s, action("14", pb::ActionKind::Stop, &vm))
+        .await;
     assert_failed(&r, "NOT_FOUND");
     assert_eq!(r.power_state, "");
 
@@ -572,7 +605,9 @@ async fn failing_spawns_answer_driver_and_leave_nothing() {
         assert_eq!(r.power_state, "", "a failed spawn leaves no domain");
     }
     assert!(fake.list_domains().unwrap().is_empty());
-    let r = engine.call(s, action("3", pb::ActionKind::Spawn, &vm)).await;
+    let r = engine
+        .call(s, action("3", pb::ActionKind::Spawn, &vm))
+        .await;
     assert_ok(&r, "RUNNING");
     agent.shutdown().await;
     engine.stop().await;
@@ -581,8 +616,8 @@ async fn failing_spawns_answer_driver_and_leave_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn actions_on_one_instance_run_in_order_and_others_run_alongside() {
     let mut engine = FakeEngine::start("127.0.0.1:0".parse().unwrap()).await;
-    let fake = Arc::new(FakeHypervisor::default());
-    let agent = Agent::start(config(&engine), fake.clone());
+    let rigged = Arc::new(Rigged::default());
+    let agent = Agent::start(config(&engine), rigged.clone());
     let (s, _) = engine.register().await;
     let (vm, other) = (spec("instance-o"), spec("instance-p"));
     let (uuid, other_uuid): (Uuid, Uuid) = (vm.uuid.parse().unwrap(), other.uuid.parse().unwrap());
@@ -593,9 +628,14 @@ async fn actions_on_one_instance_run_in_order_and_others_run_alongside() {
         "RUNNING",
     );
 
+    // A pause on another instance that cannot finish until this instance's actions have:
+    // were instances serialised together, this test would hang.
+    rigged.hold_pauses(true);
+    engine.send(s, action("p1", pb::ActionKind::Pause, &other));
     // A slow spawn: were the next actions not queued behind it, they would find no domain.
-    fake.set_delay(ActionKind::Spawn, Duration::from_millis(200));
-    fake.set_delay(ActionKind::Pause, Duration::from_millis(500));
+    rigged
+        .inner
+        .set_delay(ActionKind::Spawn, Duration::from_millis(200));
     let mut snap = action("o3", pb::ActionKind::Snapshot, &vm);
     snap.snapshot_name = "s1".into();
     let sequence = [
@@ -605,21 +645,22 @@ async fn actions_on_one_instance_run_in_order_and_others_run_alongside() {
         action("o4", pb::ActionKind::Start, &vm),
         action("o5", pb::ActionKind::Suspend, &vm),
     ];
-    // A slow action on another instance, sent first, must not hold this one up.
-    engine.send(s, action("p1", pb::ActionKind::Pause, &other));
     for a in sequence {
         engine.send(s, a);
     }
     let mut results = Vec::new();
-    for _ in 0..6 {
+    for _ in 0..5 {
         results.push(engine.result().await);
     }
+    rigged.hold_pauses(false);
+    results.push(engine.result().await);
     let order: Vec<_> = results.iter().map(|r| r.action_id.as_str()).collect();
     assert_eq!(order, ["o1", "o2", "o3", "o4", "o5", "p1"], "{results:?}");
     assert!(results.iter().all(|r| r.ok), "{results:?}");
     assert_eq!(results[4].power_state, "SUSPENDED");
     assert_eq!(results[5].power_state, "PAUSED");
-    let calls: Vec<_> = fake
+    let calls: Vec<_> = rigged
+        .inner
         .calls()
         .into_iter()
         .filter(|(_, u)| *u == uuid)
@@ -635,7 +676,10 @@ async fn actions_on_one_instance_run_in_order_and_others_run_alongside() {
             ActionKind::Suspend
         ]
     );
-    assert_eq!(fake.domain(other_uuid).unwrap().state, PowerState::Paused);
+    assert_eq!(
+        rigged.inner.domain(other_uuid).unwrap().state,
+        PowerState::Paused
+    );
     agent.shutdown().await;
     engine.stop().await;
 }
@@ -650,7 +694,9 @@ async fn a_restarted_engine_gets_a_new_registration_with_the_domains() {
     assert!(first.domains.is_empty());
     let vm = spec("instance-r");
     assert_ok(
-        &engine.call(s, action("1", pb::ActionKind::Spawn, &vm)).await,
+        &engine
+            .call(s, action("1", pb::ActionKind::Spawn, &vm))
+            .await,
         "RUNNING",
     );
     engine.heartbeat().await;
@@ -729,23 +775,35 @@ async fn shutdown_while_the_engine_is_unreachable_returns() {
     agent.shutdown().await;
 }
 
-/// A fake whose hypervisor can be made unreachable (node info and listing fail).
-struct Flaky {
+/// A fake with two more faults: the hypervisor can be made unreachable (node info and
+/// listing fail), and pauses can be held until the test lets them through.
+#[derive(Default)]
+struct Rigged {
     inner: FakeHypervisor,
     down: AtomicBool,
+    /// True while pauses wait. A sync lock and condvar: the waiter is a blocking-pool thread.
+    pauses_held: Mutex<bool>,
+    pauses_released: parking_lot::Condvar,
 }
 
-impl Flaky {
+impl Rigged {
     fn check(&self) -> HvResult<()> {
         if self.down.load(Ordering::Relaxed) {
-            Err(HypervisorError::Driver("connection to the hypervisor lost".into()))
+            Err(HypervisorError::Driver(
+                "connection to the hypervisor lost".into(),
+            ))
         } else {
             Ok(())
         }
     }
+
+    fn hold_pauses(&self, held: bool) {
+        *self.pauses_held.lock() = held;
+        self.pauses_released.notify_all();
+    }
 }
 
-impl Hypervisor for Flaky {
+impl Hypervisor for Rigged {
     fn node_info(&self) -> HvResult<NodeInfo> {
         self.check()?;
         self.inner.node_info()
@@ -767,6 +825,11 @@ impl Hypervisor for Flaky {
         self.inner.reboot(uuid, hard)
     }
     fn pause(&self, uuid: Uuid) -> HvResult<()> {
+        let mut held = self.pauses_held.lock();
+        while *held {
+            self.pauses_released.wait(&mut held);
+        }
+        drop(held);
         self.inner.pause(uuid)
     }
     fn unpause(&self, uuid: Uuid) -> HvResult<()> {
@@ -795,10 +858,7 @@ impl Hypervisor for Flaky {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_hypervisor_makes_heartbeats_unhealthy() {
     let mut engine = FakeEngine::start("127.0.0.1:0".parse().unwrap()).await;
-    let flaky = Arc::new(Flaky {
-        inner: FakeHypervisor::default(),
-        down: AtomicBool::new(false),
-    });
+    let flaky = Arc::new(Rigged::default());
     let agent = Agent::start(config(&engine), flaky.clone());
     engine.register().await;
     let (_, hb) = engine.heartbeat().await;
@@ -897,7 +957,10 @@ async fn the_order_chain_forgets_finished_instances() {
     executor.submit(action("1", pb::ActionKind::Spawn, &vm), tx.clone());
     executor.submit(action("2", pb::ActionKind::Stop, &vm), tx.clone());
     for _ in 0..2 {
-        tokio::time::timeout(PATIENCE, rx.recv()).await.unwrap().unwrap();
+        tokio::time::timeout(PATIENCE, rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
     }
     // The chain entry goes once the last action's task has finished.
     tokio::time::timeout(PATIENCE, async {
@@ -907,5 +970,8 @@ async fn the_order_chain_forgets_finished_instances() {
     })
     .await
     .expect("the chain empties");
-    assert_eq!(fake.domain(vm.uuid.parse().unwrap()).unwrap().state, PowerState::Shutoff);
+    assert_eq!(
+        fake.domain(vm.uuid.parse().unwrap()).unwrap().state,
+        PowerState::Shutoff
+    );
 }
