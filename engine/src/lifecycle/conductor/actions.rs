@@ -207,19 +207,15 @@ impl Conductor {
                 ))
             )
             .await);
-        let _ = self.engine.track_io_op(&host.uuid, true);
-        let out = self
-            .node_with(
-                &host,
-                pb::ActionKind::Snapshot,
-                spec,
-                false,
-                image_name.clone(),
-                ids,
-            )
-            .await;
-        let _ = self.engine.track_io_op(&host.uuid, false);
-        let o = match out {
+        let snap = self.node_with(
+            &host,
+            pb::ActionKind::Snapshot,
+            spec,
+            false,
+            image_name.clone(),
+            ids,
+        );
+        let o = match self.with_io_op(&host, snap).await {
             Ok(o) => o,
             Err(f) => return Ok(self.finish(&b, false, f.message, None, |_| {})),
         };
@@ -286,19 +282,22 @@ impl Conductor {
             let r = b.rec.lock();
             instance_spec(&uuid, &r.server.flavor, &image, &r.server.metadata)
         };
-        let _ = self.engine.track_io_op(&host.uuid, true);
-        let mut how = "rebuilt";
-        let mut out = self
-            .node(&host, pb::ActionKind::Rebuild, spec.clone(), ids)
+        let (how, out) = self
+            .with_io_op(&host, async {
+                let out = self
+                    .node(&host, pb::ActionKind::Rebuild, spec.clone(), ids)
+                    .await;
+                match out {
+                    // The domain is gone (a server in ERROR after reconciliation): build it
+                    // again.
+                    Err(f) if f.code == "NOT_FOUND" => (
+                        "domain was missing, spawned it again",
+                        self.node(&host, pb::ActionKind::Spawn, spec, ids).await,
+                    ),
+                    out => ("rebuilt", out),
+                }
+            })
             .await;
-        if let Err(f) = &out
-            && f.code == "NOT_FOUND"
-        {
-            // The domain is gone (a server in ERROR after reconciliation): build it again.
-            how = "domain was missing, spawned it again";
-            out = self.node(&host, pb::ActionKind::Spawn, spec, ids).await;
-        }
-        let _ = self.engine.track_io_op(&host.uuid, false);
         Ok(match out {
             Ok(o) => self.finish(
                 &b,
@@ -360,19 +359,15 @@ impl Conductor {
         };
         // Unique per shelve of this server: the history index of this action.
         let name = format!("shelved-{uuid}-{}", b.hist);
-        let _ = self.engine.track_io_op(&host.uuid, true);
-        let snap = self
-            .node_with(
-                &host,
-                pb::ActionKind::Snapshot,
-                spec,
-                false,
-                name.clone(),
-                ids,
-            )
-            .await;
-        let _ = self.engine.track_io_op(&host.uuid, false);
-        Ok(match snap {
+        let snap = self.node_with(
+            &host,
+            pb::ActionKind::Snapshot,
+            spec,
+            false,
+            name.clone(),
+            ids,
+        );
+        Ok(match self.with_io_op(&host, snap).await {
             Ok(o) => self.finish(
                 &b,
                 true,
@@ -496,35 +491,22 @@ impl Conductor {
             self.set_host(&b.rec, &mut r, Some(host.clone()));
             r.server.availability_zone = zone;
         }
-        let _ = self.engine.track_io_op(&host.uuid, true);
-        let out = self.node(&host, pb::ActionKind::Spawn, spec, ids).await;
-        let _ = self.engine.track_io_op(&host.uuid, false);
-        Ok(match out {
-            Ok(o) => {
-                let _ = self.engine.clear_build_failures(&host.uuid);
-                self.finish(
-                    &b,
-                    true,
-                    format!("scheduled to {} and spawned", host.name),
-                    None,
-                    |r| {
-                        r.server.vm_state = V::Active;
-                        r.server.power_state = o.power_state;
-                    },
-                )
-            }
-            Err(f) => {
-                if f.maybe_ran {
-                    self.delete_in_background(host.clone(), uuid, ids);
-                }
-                let _ = self.engine.release(&uuid);
-                let _ = self.engine.record_build_failure(&host.uuid);
-                self.finish(&b, false, f.message, None, |r| {
-                    self.set_host(&b.rec, r, None);
-                    r.server.vm_state = V::ShelvedOffloaded;
-                    r.server.power_state.clear();
-                })
-            }
+        Ok(match self.build_on(&host, uuid, spec, ids).await {
+            Ok(o) => self.finish(
+                &b,
+                true,
+                format!("scheduled to {} and spawned", host.name),
+                None,
+                |r| {
+                    r.server.vm_state = V::Active;
+                    r.server.power_state = o.power_state;
+                },
+            ),
+            Err(f) => self.finish(&b, false, f.message, None, |r| {
+                self.set_host(&b.rec, r, None);
+                r.server.vm_state = V::ShelvedOffloaded;
+                r.server.power_state.clear();
+            }),
         })
     }
 

@@ -10,12 +10,14 @@ use berth_proto::v1 as pb;
 use parking_lot::Mutex;
 use uuid::Uuid;
 
-use super::idempotency::{self, Lookup};
+use super::idempotency;
 use super::server::{ServerRecord, instance_spec, now_ms};
 use super::{
-    CallIds, Conductor, ConductorError, CreateRequest, Rec, Result, Server, TaskState, VmState,
+    CallIds, Conductor, ConductorError, CreateRequest, NodeFailure, Rec, Result, Server, TaskState,
+    VmState,
 };
 use crate::HostChoice;
+use crate::lifecycle::ActionOutcome;
 use crate::model::RequestSpec;
 
 /// Most metadata entries on a server.
@@ -97,29 +99,15 @@ impl Conductor {
         let max = self.engine.config().scheduler.max_instances_per_request;
         let count = validate(&req, max)?;
 
-        // Idempotency by (project, request id): checked and marked under the entry's lock,
-        // so two concurrent repeats cannot both create.
-        let pending = {
-            let mut log = self.creates.entry(req.project_id.clone()).or_default();
-            match log.lookup(&ids.request_id) {
-                Lookup::Done(servers) => return Ok(servers),
-                Lookup::Pending(rx) => Some(rx),
-                Lookup::New => {
-                    log.start(&ids.request_id, self.cap());
-                    None
-                }
-            }
-        };
-        if let Some(rx) = pending {
-            return idempotency::wait(rx).await;
-        }
-        let result = self.create_claimed(&req, &ids, count).await;
-        let cap = self.cap();
-        if let Some(mut log) = self.creates.get_mut(&req.project_id) {
-            let done = result.as_ref().ok().cloned();
-            log.finish(&ids.request_id, done, result.clone(), cap);
-        }
-        result
+        // Idempotency by (project, request id).
+        idempotency::once(
+            &self.creates,
+            req.project_id.clone(),
+            &ids.request_id,
+            self.cap(),
+            self.create_claimed(&req, &ids, count),
+        )
+        .await
     }
 
     async fn create_claimed(
@@ -258,14 +246,8 @@ impl Conductor {
         let mut host = first;
         loop {
             let attempt = failures.len() + 1;
-            let _ = self.engine.track_io_op(&host.uuid, true);
-            let out = self
-                .node(&host, pb::ActionKind::Spawn, spec.clone(), &ids)
-                .await;
-            let _ = self.engine.track_io_op(&host.uuid, false);
-            let failure = match out {
+            let failure = match self.build_on(&host, uuid, spec.clone(), &ids).await {
                 Ok(o) => {
-                    let _ = self.engine.clear_build_failures(&host.uuid);
                     let mut msg = attempts_text(&failures);
                     msg.push_str(&format!(
                         "spawned on {} (attempt {attempt} of {max})",
@@ -278,12 +260,6 @@ impl Conductor {
                 }
                 Err(f) => f,
             };
-            if failure.maybe_ran {
-                self.delete_in_background(host.clone(), uuid, &ids);
-            }
-            // Releasing cannot fail but for an unknown consumer, which is what we want.
-            let _ = self.engine.release(&uuid);
-            let _ = self.engine.record_build_failure(&host.uuid);
             tracing::warn!(server = %uuid, host = %host.name, attempt, "build attempt failed: {}", failure.message);
             failures.push((host.clone(), failure.message));
             {
@@ -327,6 +303,30 @@ impl Conductor {
                 }
             }
         }
+    }
+
+    /// Spawns server `uuid` where the scheduler placed it (create, unshelve). Success
+    /// clears `host`'s build failures; a failure releases the server's allocations and
+    /// records a build failure on `host`, so its weigher avoids it.
+    pub(super) async fn build_on(
+        &self,
+        host: &HostChoice,
+        uuid: Uuid,
+        instance: pb::InstanceSpec,
+        ids: &CallIds,
+    ) -> Result<ActionOutcome, NodeFailure> {
+        let out = self.spawn(host, uuid, instance, ids).await;
+        match &out {
+            Ok(_) => {
+                let _ = self.engine.clear_build_failures(&host.uuid);
+            }
+            Err(_) => {
+                // Releasing cannot fail but for an unknown consumer, which is what we want.
+                let _ = self.engine.release(&uuid);
+                let _ = self.engine.record_build_failure(&host.uuid);
+            }
+        }
+        out
     }
 
     /// Closes the create record: ACTIVE via `apply`, or ERROR with no host.

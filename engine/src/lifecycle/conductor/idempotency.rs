@@ -7,7 +7,10 @@
 //! last `cap` per scope); errors are not (they changed nothing, so a retry re-evaluates).
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::hash::Hash;
 
+use dashmap::DashMap;
 use tokio::sync::watch;
 
 use super::ConductorError;
@@ -106,6 +109,43 @@ impl<D: Clone, F: Clone> RequestLog<D, F> {
             }
         }
     }
+}
+
+/// Runs `call` once per request id `id` of the `scope` entry of `logs` (a call that is not
+/// on one server: a create per project, an evacuation per host). A repeat of a finished
+/// call gets its kept answer, a repeat of a running one waits for it. The check and the
+/// mark happen under the entry's lock, so two concurrent repeats cannot both run; the lock
+/// is not held while `call` runs.
+pub(crate) async fn once<K, T>(
+    logs: &DashMap<K, RequestLog<T, T>>,
+    scope: K,
+    id: &str,
+    cap: usize,
+    call: impl Future<Output = Outcome<T>>,
+) -> Outcome<T>
+where
+    K: Eq + Hash + Clone,
+    T: Clone,
+{
+    let pending = {
+        let mut log = logs.entry(scope.clone()).or_default();
+        match log.lookup(id) {
+            Lookup::Done(done) => return Ok(done),
+            Lookup::Pending(rx) => Some(rx),
+            Lookup::New => {
+                log.start(id, cap);
+                None
+            }
+        }
+    };
+    if let Some(rx) = pending {
+        return wait(rx).await;
+    }
+    let result = call.await;
+    if let Some(mut log) = logs.get_mut(&scope) {
+        log.finish(id, result.as_ref().ok().cloned(), result.clone(), cap);
+    }
+    result
 }
 
 /// Waits for a pending request's outcome.

@@ -728,6 +728,36 @@ impl Conductor {
         }
     }
 
+    /// Runs `work` (a spawn, snapshot or rebuild) counted as an I/O operation on `host`,
+    /// which the scheduler's io_ops filter reads.
+    async fn with_io_op<T>(&self, host: &HostChoice, work: impl Future<Output = T>) -> T {
+        let _ = self.engine.track_io_op(&host.uuid, true);
+        let out = work.await;
+        let _ = self.engine.track_io_op(&host.uuid, false);
+        out
+    }
+
+    /// Spawns server `uuid`'s domain on `host` (an I/O operation). A failed spawn that may
+    /// have run (a timeout) may have left a domain: it is deleted in the background. The
+    /// caller gives back the claim on `host`.
+    async fn spawn(
+        &self,
+        host: &HostChoice,
+        uuid: Uuid,
+        instance: pb::InstanceSpec,
+        ids: &CallIds,
+    ) -> Result<ActionOutcome, NodeFailure> {
+        let out = self
+            .with_io_op(host, self.node(host, pb::ActionKind::Spawn, instance, ids))
+            .await;
+        if let Err(f) = &out
+            && f.maybe_ran
+        {
+            self.delete_in_background(host.clone(), uuid, ids);
+        }
+        out
+    }
+
     /// Sends DELETE for a domain in the background, for cleanup whose outcome changes
     /// nothing (a spawn that timed out may have left a domain).
     fn delete_in_background(&self, host: HostChoice, uuid: Uuid, ids: &CallIds) {

@@ -10,14 +10,15 @@ use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use super::actions::spec_of;
-use super::idempotency::{self, Lookup};
+use super::idempotency;
 use super::server::{MoveInfo, ServerRecord, instance_spec};
 use super::{
-    ActionReply, CallIds, Conductor, ConductorError, EVACUATE_CONCURRENCY, EvacuationResult,
-    Result, TaskState, VmState,
+    ActionReply, Begun, CallIds, Conductor, ConductorError, EVACUATE_CONCURRENCY, EvacuationResult,
+    NodeFailure, Result, TaskState, VmState,
 };
 use crate::HostChoice;
 use crate::error::EngineError;
+use crate::lifecycle::ActionOutcome;
 use crate::model::{Flavor, RequestSpec};
 
 use TaskState as T;
@@ -100,6 +101,39 @@ impl Conductor {
         }
     }
 
+    /// Spawns the moving server on `dest`, where `move_claim` claimed for it. A failure
+    /// gives the destination's claim back (`revert_move`): the server keeps its source.
+    async fn spawn_moved(
+        &self,
+        dest: &HostChoice,
+        uuid: Uuid,
+        instance: pb::InstanceSpec,
+        ids: &CallIds,
+    ) -> Result<ActionOutcome, NodeFailure> {
+        let out = self.spawn(dest, uuid, instance, ids).await;
+        if out.is_err() {
+            let _ = self.engine.revert_move(&uuid);
+        }
+        out
+    }
+
+    /// Ends a move whose spawn on the destination failed (`spawn_moved` gave the claim
+    /// back): nothing else changed, the server stays on `source`. `what` says so, as in
+    /// "move was reverted".
+    fn rolled_back(
+        &self,
+        b: &Begun,
+        f: NodeFailure,
+        what: &str,
+        source: &HostChoice,
+    ) -> ActionReply {
+        let message = format!(
+            "{}; the {what}, the server stays on {}",
+            f.message, source.name
+        );
+        self.finish(b, false, message, None, |_| {})
+    }
+
     pub(super) async fn resize(
         &self,
         uuid: Uuid,
@@ -167,29 +201,9 @@ impl Conductor {
             Ok(sel) => sel.host,
             Err(e) => return Err(self.abort(&b, e.into())),
         };
-        let _ = self.engine.track_io_op(&dest.uuid, true);
-        let out = self
-            .node(&dest, pb::ActionKind::Spawn, m.new.clone(), ids)
-            .await;
-        let _ = self.engine.track_io_op(&dest.uuid, false);
-        let spawned = match out {
+        let spawned = match self.spawn_moved(&dest, uuid, m.new.clone(), ids).await {
             Ok(o) => o,
-            Err(f) => {
-                if f.maybe_ran {
-                    self.delete_in_background(dest.clone(), uuid, ids);
-                }
-                let _ = self.engine.revert_move(&uuid);
-                return Ok(self.finish(
-                    &b,
-                    false,
-                    format!(
-                        "{}; the move was reverted, the server stays on {}",
-                        f.message, m.source.name
-                    ),
-                    None,
-                    |_| {},
-                ));
-            }
+            Err(f) => return Ok(self.rolled_back(&b, f, "move was reverted", &m.source)),
         };
         let mut notes = vec![format!(
             "spawned on {} with flavor {}",
@@ -415,29 +429,9 @@ impl Conductor {
                 ));
             }
         };
-        let _ = self.engine.track_io_op(&dest.uuid, true);
-        let out = self
-            .node(&dest, pb::ActionKind::Spawn, inst.clone(), ids)
-            .await;
-        let _ = self.engine.track_io_op(&dest.uuid, false);
-        let spawned = match out {
+        let spawned = match self.spawn_moved(&dest, uuid, inst.clone(), ids).await {
             Ok(o) => o,
-            Err(f) => {
-                if f.maybe_ran {
-                    self.delete_in_background(dest.clone(), uuid, ids);
-                }
-                let _ = self.engine.revert_move(&uuid);
-                return Ok(self.finish(
-                    &b,
-                    false,
-                    format!(
-                        "{}; the migration was rolled back, the server stays on {}",
-                        f.message, source.name
-                    ),
-                    None,
-                    |_| {},
-                ));
-            }
+            Err(f) => return Ok(self.rolled_back(&b, f, "migration was rolled back", &source)),
         };
         let mut notes = vec![format!(
             "live-migrated from {} to {}",
@@ -516,18 +510,9 @@ impl Conductor {
             Ok(sel) => sel.host,
             Err(e) => return Err(self.abort(&b, e.into())),
         };
-        let _ = self.engine.track_io_op(&dest.uuid, true);
-        let out = self
-            .node(&dest, pb::ActionKind::Spawn, inst.clone(), ids)
-            .await;
-        let _ = self.engine.track_io_op(&dest.uuid, false);
-        let spawned = match out {
+        let spawned = match self.spawn_moved(&dest, uuid, inst.clone(), ids).await {
             Ok(o) => o,
             Err(f) => {
-                if f.maybe_ran {
-                    self.delete_in_background(dest.clone(), uuid, ids);
-                }
-                let _ = self.engine.revert_move(&uuid);
                 return Ok(self.finish(&b, false, f.message, None, |r| {
                     r.server.vm_state = V::Error;
                 }));
@@ -578,20 +563,17 @@ impl Conductor {
                 info.name
             )));
         }
-        let pending = {
-            let mut log = self.evacuations.entry(h).or_default();
-            match log.lookup(&ids.request_id) {
-                Lookup::Done(r) => return Ok(r),
-                Lookup::Pending(rx) => Some(rx),
-                Lookup::New => {
-                    log.start(&ids.request_id, self.cap());
-                    None
-                }
-            }
-        };
-        if let Some(rx) = pending {
-            return idempotency::wait(rx).await;
-        }
+        // Idempotency by (host, request id).
+        idempotency::once(&self.evacuations, h, &ids.request_id, self.cap(), async {
+            let results = self.evacuate_servers(h, &ids).await;
+            tracing::info!(host = %info.name, servers = results.len(), ok = results.iter().filter(|r| r.ok).count(), "host {} evacuated", info.name);
+            Ok(results)
+        })
+        .await
+    }
+
+    /// Evacuates the servers of down host `h`, in creation order, a few at a time.
+    async fn evacuate_servers(self: &Arc<Self>, h: Uuid, ids: &CallIds) -> Vec<EvacuationResult> {
         let recs: Vec<_> = self
             .by_host
             .get(&h)
@@ -649,17 +631,7 @@ impl Conductor {
             };
             results.push(result);
         }
-        let cap = self.cap();
-        if let Some(mut log) = self.evacuations.get_mut(&h) {
-            log.finish(
-                &ids.request_id,
-                Some(results.clone()),
-                Ok(results.clone()),
-                cap,
-            );
-        }
-        tracing::info!(host = %info.name, servers = results.len(), ok = results.iter().filter(|r| r.ok).count(), "host {} evacuated", info.name);
-        Ok(results)
+        results
     }
 }
 
