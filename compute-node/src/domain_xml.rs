@@ -8,9 +8,18 @@
 //! and snapshot names also refuse control characters and `/`, as libvirt does.
 //!
 //! The domain is diskless and has no NICs for now (disks and networks arrive with image
-//! handling); the libvirt test driver accepts it as is. The instance's flavor, image and
-//! metadata ride in `<metadata>` under the [`BERTH_XMLNS`] namespace, as Nova does with its
-//! own, so `virsh dumpxml` shows operators what Berth put there.
+//! handling). The instance's flavor, image and metadata ride in `<metadata>` under the
+//! [`BERTH_XMLNS`] namespace, as Nova does with its own, so `virsh dumpxml` shows operators
+//! what Berth put there.
+//!
+//! For libvirt's test driver the domain is the bare minimum it accepts. For QEMU
+//! ([`DomainType::Kvm`] or [`DomainType::Qemu`]) [`domain_xml_for`] also writes the host's
+//! architecture into `<os><type arch=…>` (so libvirt picks the matching emulator and machine
+//! type), `<features><acpi/><apic/></features>` on x86 (without ACPI a guest cannot be asked
+//! to shut down or reboot: `virsh shutdown` would only ever time out), and a serial console
+//! on a pty (`virsh console`), which needs no file on the host. Real QEMU accepts and boots
+//! this diskless guest: with nothing to boot, SeaBIOS loops looking for a boot device and the
+//! domain stays Running, which is all the lifecycle needs.
 
 use std::fmt::Write as _;
 
@@ -186,12 +195,47 @@ pub fn escape(text: &str) -> String {
     out
 }
 
-/// The domain XML for `spec`, after [`validate_spec`].
+/// The domain XML for `spec`, after [`validate_spec`], with no architecture given (libvirt's
+/// default). Same as [`domain_xml_for`] with `arch = None`.
 ///
 /// # Errors
 /// `InvalidSpec` when the spec fails validation.
 pub fn domain_xml(spec: &InstanceSpec, domain_type: DomainType) -> Result<String> {
+    domain_xml_for(spec, domain_type, None)
+}
+
+/// Whether `arch` (libvirt's name) is 32- or 64-bit x86, where ACPI and the APIC are
+/// domain features.
+fn is_x86(arch: &str) -> bool {
+    matches!(arch, "x86_64" | "i686" | "i386")
+}
+
+/// The domain XML for `spec` on a host of architecture `arch` (libvirt's name, e.g. `x86_64`;
+/// the driver reads it from the connection), after [`validate_spec`].
+///
+/// For [`DomainType::Test`] the guest section is the minimal one the test driver accepts;
+/// `arch` is written when given. For QEMU types see the module docs: `arch`, ACPI and APIC on
+/// x86, and a pty serial console.
+///
+/// # Errors
+/// `InvalidSpec` when the spec fails validation or `arch` is empty or not a plain name.
+pub fn domain_xml_for(
+    spec: &InstanceSpec,
+    domain_type: DomainType,
+    arch: Option<&str>,
+) -> Result<String> {
     validate_spec(spec)?;
+    if let Some(a) = arch
+        && (a.is_empty()
+            || !a
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+    {
+        return Err(invalid(format!(
+            "arch {a:?} is not a libvirt architecture name"
+        )));
+    }
+    let qemu = domain_type != DomainType::Test;
     let kib = memory_kib(spec.memory_mb)?;
     let mut x = String::with_capacity(1024);
     // `write!` into a String cannot fail; the results are ignored for that reason.
@@ -225,11 +269,30 @@ pub fn domain_xml(spec: &InstanceSpec, domain_type: DomainType) -> Result<String
     let _ = writeln!(x, "  <memory unit=\"KiB\">{kib}</memory>");
     let _ = writeln!(x, "  <currentMemory unit=\"KiB\">{kib}</currentMemory>");
     let _ = writeln!(x, "  <vcpu placement=\"static\">{}</vcpu>", spec.vcpus);
-    x.push_str("  <os>\n    <type>hvm</type>\n    <boot dev=\"hd\"/>\n  </os>\n");
+    match arch {
+        Some(a) => {
+            let _ = writeln!(x, "  <os>\n    <type arch=\"{a}\">hvm</type>");
+        }
+        None => x.push_str("  <os>\n    <type>hvm</type>\n"),
+    }
+    x.push_str("    <boot dev=\"hd\"/>\n  </os>\n");
+    if qemu && arch.is_some_and(is_x86) {
+        x.push_str("  <features>\n    <acpi/>\n    <apic/>\n  </features>\n");
+    }
     x.push_str("  <on_poweroff>destroy</on_poweroff>\n");
     x.push_str("  <on_reboot>restart</on_reboot>\n");
     x.push_str("  <on_crash>destroy</on_crash>\n");
-    x.push_str("  <devices/>\n</domain>\n");
+    if qemu {
+        x.push_str("  <devices>\n");
+        x.push_str("    <serial type=\"pty\">\n      <target port=\"0\"/>\n    </serial>\n");
+        x.push_str(
+            "    <console type=\"pty\">\n      <target type=\"serial\" port=\"0\"/>\n    </console>\n",
+        );
+        x.push_str("  </devices>\n");
+    } else {
+        x.push_str("  <devices/>\n");
+    }
+    x.push_str("</domain>\n");
     Ok(x)
 }
 
@@ -337,7 +400,12 @@ mod tests {
     }
 
     fn assert_round_trips(spec: &InstanceSpec) {
-        let xml = domain_xml(spec, DomainType::Test).unwrap();
+        assert_round_trips_as(spec, DomainType::Test, None);
+        assert_round_trips_as(spec, DomainType::Kvm, Some("x86_64"));
+    }
+
+    fn assert_round_trips_as(spec: &InstanceSpec, t: DomainType, arch: Option<&str>) {
+        let xml = domain_xml_for(spec, t, arch).unwrap();
         let p = parse(&xml);
         assert_eq!(p.name, spec.name);
         assert_eq!(p.uuid, spec.uuid.to_string());
@@ -367,6 +435,12 @@ mod tests {
             "on_reboot",
             "on_crash",
             "devices",
+            "features",
+            "acpi",
+            "apic",
+            "serial",
+            "console",
+            "target",
         ];
         for e in &p.element_names {
             assert!(
@@ -411,6 +485,47 @@ mod tests {
         assert_eq!(DomainType::for_uri("testing:///x", false), DomainType::Qemu);
         let xml = domain_xml(&spec(), DomainType::Kvm).unwrap();
         assert_eq!(parse(&xml).domain_type, "kvm");
+    }
+
+    #[test]
+    fn qemu_domains_name_the_arch_and_have_acpi_and_a_console() {
+        let s = spec();
+        for t in [DomainType::Kvm, DomainType::Qemu] {
+            let xml = domain_xml_for(&s, t, Some("x86_64")).unwrap();
+            let doc = roxmltree::Document::parse(&xml).unwrap();
+            let ty = doc.descendants().find(|n| n.has_tag_name("type")).unwrap();
+            assert_eq!(ty.attribute("arch"), Some("x86_64"));
+            assert_eq!(ty.text(), Some("hvm"));
+            for e in ["acpi", "apic", "serial", "console"] {
+                assert!(
+                    doc.descendants().any(|n| n.has_tag_name(e)),
+                    "<{e}> in\n{xml}"
+                );
+            }
+            // Nothing that needs a file on the host: no disk, interface or graphics.
+            for e in ["disk", "interface", "graphics", "filesystem"] {
+                assert!(
+                    !doc.descendants().any(|n| n.has_tag_name(e)),
+                    "<{e}> in\n{xml}"
+                );
+            }
+            assert_eq!(parse(&xml).domain_type, t.as_str());
+        }
+        // ACPI and APIC are x86 features only.
+        let arm = domain_xml_for(&s, DomainType::Kvm, Some("aarch64")).unwrap();
+        assert!(arm.contains("<type arch=\"aarch64\">hvm</type>"));
+        assert!(!arm.contains("<acpi/>"));
+        // The test driver's domain stays minimal.
+        let test = domain_xml(&s, DomainType::Test).unwrap();
+        assert!(test.contains("<type>hvm</type>"));
+        assert!(test.contains("<devices/>"));
+        assert!(!test.contains("<features>"));
+        for bad in ["", "x86 64", "x\"/><evil/>"] {
+            assert!(matches!(
+                domain_xml_for(&s, DomainType::Kvm, Some(bad)),
+                Err(HypervisorError::InvalidSpec(_))
+            ));
+        }
     }
 
     #[test]

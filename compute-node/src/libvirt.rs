@@ -13,7 +13,7 @@
 //! | pause/unpause | `suspend` / `resume` (libvirt's names for pausing vCPUs)             |
 //! | suspend       | `managedSave` (memory to disk, domain off)                           |
 //! | resume        | `create` (restores the managed save), `resume` if it came back paused |
-//! | snapshot      | `snapshotCreateXML`                                                  |
+//! | snapshot      | `snapshotCreateXML` (internal snapshot; `Unsupported` where libvirt cannot) |
 //! | rebuild       | `destroy` if active, `defineXML` with the new spec, `create` unless it was off |
 //! | delete        | `destroy` if active, `undefineFlags(managed save + snapshot metadata)` |
 //!
@@ -28,6 +28,31 @@
 //! migrate (`migrateToURI` answers "argument unsupported"), or keep anything across
 //! connections to a node file (each connection starts from the file; `test:///default` is
 //! shared by all connections in one process and reset when the last one closes).
+//!
+//! # Real QEMU/KVM (`qemu:///system`)
+//!
+//! Checked on libvirt 9.0 with QEMU 7.2 (Debian 12) by `compute-node/examples/kvm_smoke.rs`
+//! and `scripts/kvm-check.sh`, with the diskless guest [`crate::domain_xml`] writes:
+//!
+//! - Domain type: `kvm` when libvirt's domain capabilities offer KVM for the host's
+//!   architecture (read from the connection, so remote URIs work), else `qemu` (TCG);
+//!   [`LibvirtHypervisor::with_domain_type`] overrides it. libvirt's capabilities say
+//!   nothing about whether the QEMU user (`libvirt-qemu`) may open `/dev/kvm`: when it may
+//!   not, `spawn` fails with a `Driver` error naming `/dev/kvm` (fix the device's group and
+//!   mode, or use `qemu`).
+//! - spawn, pause/unpause, start, hard reboot, suspend/resume (managed save into libvirt's
+//!   save directory, `/var/lib/libvirt/qemu/save`), rebuild, delete and list all work.
+//! - stop: a guest with no OS ignores the ACPI power button, so `stop` takes
+//!   `shutdown_timeout` and then `destroy`s (keep the timeout short where guests have no OS).
+//! - soft reboot: libvirt sends the ACPI power button and answers at once; the domain stays
+//!   Running whether or not the guest reboots (it does not, with no OS).
+//! - snapshot: libvirt's internal snapshots need every disk to be qcow2, and a domain with no
+//!   disk at all is refused ("internal and full system snapshots require all disks to be
+//!   selected" while running, "nothing selected for snapshot" when off), so `snapshot` answers
+//!   `Unsupported` for Berth's diskless domains and nothing is recorded. (An external
+//!   memory-only snapshot would be accepted while running, but libvirt 9.0 can neither revert
+//!   to it nor delete it, so it is not offered.)
+//! - live migration: not implemented, so [`Hypervisor::live_migration_supported`] is `false`.
 
 use std::sync::Once;
 use std::time::{Duration, Instant};
@@ -55,7 +80,8 @@ pub struct LibvirtOptions {
     pub uri: String,
     /// Instance disk in GiB, reported in [`NodeInfo::disk_gb`] (libvirt does not know it).
     pub disk_gb: u64,
-    /// How long `stop` waits for a clean guest shutdown before pulling the plug.
+    /// How long `stop` waits for a clean guest shutdown before pulling the plug (a guest
+    /// without an OS, or one that ignores ACPI, always takes this long to stop).
     pub shutdown_timeout: Duration,
 }
 
@@ -73,6 +99,9 @@ impl Default for LibvirtOptions {
 pub struct LibvirtHypervisor {
     options: LibvirtOptions,
     domain_type: DomainType,
+    /// The host's architecture as libvirt names it (`x86_64`), written into QEMU domains;
+    /// `None` for the test driver, whose domains keep libvirt's default.
+    arch: Option<String>,
     /// Replaced when libvirtd went away and came back. An `RwLock` because every call only
     /// clones the handle (a refcount bump) under the read lock; the write lock is taken only
     /// to reconnect. `parking_lot`: nothing awaits while it is held.
@@ -84,6 +113,7 @@ impl std::fmt::Debug for LibvirtHypervisor {
         f.debug_struct("LibvirtHypervisor")
             .field("options", &self.options)
             .field("domain_type", &self.domain_type)
+            .field("arch", &self.arch)
             .finish_non_exhaustive()
     }
 }
@@ -112,6 +142,31 @@ fn code_is(e: &VirtError, code: ErrorNumber) -> bool {
     e.code() == Enum::Known(code)
 }
 
+/// Whether libvirt offers KVM for `arch` (its domain capabilities for virt type `kvm`
+/// answer). This is what QEMU and libvirt probed, not a check that the QEMU user may open
+/// `/dev/kvm` today.
+fn kvm_offered(conn: &Connect, arch: &str) -> bool {
+    match conn.domain_capabilities(None, Some(arch), None, Some("kvm"), 0) {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::info!(arch, error = %e.message(), "KVM not offered; using TCG (type qemu)");
+            false
+        }
+    }
+}
+
+/// A hint for errors that come from QEMU failing to open `/dev/kvm`.
+fn kvm_hint(e: &VirtError) -> &'static str {
+    let m = e.message().to_ascii_lowercase();
+    if m.contains("kvm") && (m.contains("permission denied") || m.contains("failed to initialize"))
+    {
+        " (the QEMU user cannot use /dev/kvm: `chgrp kvm /dev/kvm && chmod 0660 /dev/kvm`, \
+         or run with domain type qemu)"
+    } else {
+        ""
+    }
+}
+
 /// libvirt's power state in Nova's vocabulary (see the module docs).
 fn power_state(state: DomainState, has_managed_save: bool) -> PowerState {
     match state {
@@ -128,18 +183,62 @@ fn power_state(state: DomainState, has_managed_save: bool) -> PowerState {
 impl LibvirtHypervisor {
     /// Opens a read-write connection to `options.uri`.
     ///
+    /// For QEMU URIs the domain type is `kvm` when libvirt offers KVM for the host's
+    /// architecture, else `qemu` (see the module docs); the architecture is the host's, as
+    /// libvirt reports it.
+    ///
     /// # Errors
-    /// `Driver` when libvirt cannot open the URI.
+    /// `Driver` when libvirt cannot open the URI or, for QEMU, report the host.
     pub fn connect(options: LibvirtOptions) -> Result<Self> {
         silence_libvirt_stderr();
         let conn = Connect::open(Some(&options.uri))
             .map_err(|e| driver_err(&format!("cannot open {}", options.uri), &e))?;
-        let kvm = std::path::Path::new("/dev/kvm").exists();
+        let (domain_type, arch) = if DomainType::for_uri(&options.uri, false) == DomainType::Test {
+            (DomainType::Test, None)
+        } else {
+            let arch = conn
+                .node_info()
+                .map_err(|e| driver_err("node info", &e))?
+                .model;
+            let kvm = kvm_offered(&conn, &arch);
+            (DomainType::for_uri(&options.uri, kvm), Some(arch))
+        };
+        tracing::info!(
+            uri = %options.uri,
+            domain_type = domain_type.as_str(),
+            arch = arch.as_deref().unwrap_or("(default)"),
+            "libvirt connected"
+        );
         Ok(Self {
-            domain_type: DomainType::for_uri(&options.uri, kvm),
+            domain_type,
+            arch,
             options,
             conn: RwLock::new(conn),
         })
+    }
+
+    /// Forces the domain `type` written into new and rebuilt domains, e.g. `qemu` (TCG) on a
+    /// host whose `/dev/kvm` the QEMU user cannot open (Nova's `[libvirt] virt_type`).
+    /// Domains already defined keep their type until rebuilt.
+    ///
+    /// # Errors
+    /// `InvalidSpec` when asking for `Test` on a QEMU connection or a QEMU type on the test
+    /// driver: libvirt would refuse every domain.
+    pub fn with_domain_type(mut self, domain_type: DomainType) -> Result<Self> {
+        if (domain_type == DomainType::Test) != (self.domain_type == DomainType::Test) {
+            return Err(HypervisorError::InvalidSpec(format!(
+                "domain type {} does not suit {}",
+                domain_type.as_str(),
+                self.options.uri
+            )));
+        }
+        self.domain_type = domain_type;
+        Ok(self)
+    }
+
+    /// The host architecture written into domains (`None` on the test driver).
+    pub fn arch(&self) -> Option<&str> {
+        self.arch.as_deref()
     }
 
     /// The connection URI.
@@ -243,12 +342,14 @@ impl LibvirtHypervisor {
 
     /// `create`, mapping errors for `action`.
     fn create(&self, dom: &Domain, uuid: Uuid, action: ActionKind) -> Result<()> {
-        dom.create()
-            .map_err(|e| Self::map_err(uuid, action, "create", &e))
+        dom.create().map_err(|e| {
+            let context = format!("create{}", kvm_hint(&e));
+            Self::map_err(uuid, action, &context, &e)
+        })
     }
 
     fn domain_xml(&self, spec: &InstanceSpec) -> Result<String> {
-        domain_xml::domain_xml(spec, self.domain_type)
+        domain_xml::domain_xml_for(spec, self.domain_type, self.arch.as_deref())
     }
 }
 
@@ -308,9 +409,8 @@ impl Hypervisor for LibvirtHypervisor {
         let dom = conn
             .define_domain_xml(&xml)
             .map_err(|e| Self::map_err(uuid, ActionKind::Spawn, "define", &e))?;
-        if let Err(e) = dom.create() {
+        if let Err(err) = self.create(&dom, uuid, ActionKind::Spawn) {
             // The contract: a failed spawn leaves nothing behind.
-            let err = Self::map_err(uuid, ActionKind::Spawn, "create", &e);
             if let Err(u) = dom.undefine() {
                 tracing::warn!(%uuid, error = %u, "could not undefine a domain whose boot failed");
             }
@@ -403,9 +503,16 @@ impl Hypervisor for LibvirtHypervisor {
                     what: format!("snapshot {name:?}"),
                 });
             }
-            let snap = dom
-                .create_snapshot_xml(&xml, 0)
-                .map_err(|e| Self::map_err(uuid, ActionKind::Snapshot, "snapshot", &e))?;
+            let snap = dom.create_snapshot_xml(&xml, 0).map_err(|e| {
+                // QEMU refuses internal snapshots of domains without (qcow2) disks with
+                // "unsupported configuration": this domain cannot be snapshotted at all.
+                if code_is(&e, ErrorNumber::ConfigUnsupported) {
+                    tracing::info!(%uuid, error = %e.message(), "snapshot unsupported");
+                    HypervisorError::Unsupported(ActionKind::Snapshot)
+                } else {
+                    Self::map_err(uuid, ActionKind::Snapshot, "snapshot", &e)
+                }
+            })?;
             id = snap.name().map_err(|e| driver_err("snapshot name", &e))?;
             Ok(())
         })?;
@@ -456,9 +563,9 @@ impl Hypervisor for LibvirtHypervisor {
     }
 
     fn live_migration_supported(&self) -> bool {
-        // The test driver cannot migrate; QEMU/KVM hosts can (given shared or copied storage,
-        // which the migrate action will check when it arrives).
-        self.domain_type != DomainType::Test
+        // The test driver cannot migrate, and this driver has no migrate action yet: QEMU could
+        // (given shared or copied storage), but nothing here drives it, so no host offers it.
+        false
     }
 }
 

@@ -10,7 +10,7 @@
 //!    missing domains, warnings).
 //! 3. **Heartbeat** every interval: a sequence number, every domain with its power state, and
 //!    `healthy = false` with a reason when the hypervisor does not answer.
-//! 4. **Run actions** as they arrive ([`actions`]): on the blocking pool, in order per
+//! 4. **Run actions** as they arrive (the `actions` module): on the blocking pool, in order per
 //!    instance, concurrently across instances, each answered with an `ActionResult`.
 //! 5. When dialling, registering or the stream fails (including the engine's `ABORTED` when a
 //!    newer connection of the same node replaced this one), **wait** a jittered exponential

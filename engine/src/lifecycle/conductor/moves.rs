@@ -134,6 +134,23 @@ impl Conductor {
         self.finish(b, false, message, None, |_| {})
     }
 
+    /// Ends a move that landed on `dest`: the server's host and zone become `dest`'s, then
+    /// `apply` sets the rest.
+    fn landed(
+        &self,
+        b: &Begun,
+        dest: HostChoice,
+        notes: &[String],
+        apply: impl FnOnce(&mut ServerRecord),
+    ) -> ActionReply {
+        let zone = self.zone_of(&dest.uuid);
+        self.finish(b, true, notes.join("; "), None, |r| {
+            self.set_host(&b.rec, r, Some(dest));
+            r.server.availability_zone = zone;
+            apply(r);
+        })
+    }
+
     pub(super) async fn resize(
         &self,
         uuid: Uuid,
@@ -223,10 +240,7 @@ impl Conductor {
             Ok(_) => notes.push(format!("stopped on {}, kept for a revert", m.source.name)),
             Err(f) => notes.push(format!("{} (it is deleted on confirm)", f.message)),
         }
-        let zone = self.zone_of(&dest.uuid);
-        Ok(self.finish(&b, true, notes.join("; "), None, |r| {
-            self.set_host(&b.rec, r, Some(dest));
-            r.server.availability_zone = zone;
+        Ok(self.landed(&b, dest, &notes, |r| {
             r.server.flavor = m.new_flavor;
             r.server.resize = Some(MoveInfo {
                 source: m.source,
@@ -456,10 +470,7 @@ impl Conductor {
         if let Err(e) = self.engine.confirm_move(&uuid) {
             notes.push(format!("confirming the allocations failed: {e}"));
         }
-        let zone = self.zone_of(&dest.uuid);
-        Ok(self.finish(&b, true, notes.join("; "), None, |r| {
-            self.set_host(&b.rec, r, Some(dest));
-            r.server.availability_zone = zone;
+        Ok(self.landed(&b, dest, &notes, |r| {
             r.server.power_state = power;
         }))
     }
@@ -537,10 +548,7 @@ impl Conductor {
                 Err(f) => notes.push(f.message),
             }
         }
-        let zone = self.zone_of(&dest.uuid);
-        Ok(self.finish(&b, true, notes.join("; "), None, |r| {
-            self.set_host(&b.rec, r, Some(dest));
-            r.server.availability_zone = zone;
+        Ok(self.landed(&b, dest, &notes, |r| {
             r.server.vm_state = to;
             r.server.power_state = power;
         }))
