@@ -91,19 +91,7 @@ impl EngineProcess {
 
     /// User + system CPU seconds so far (from /proc; 0 where unavailable).
     pub fn cpu_seconds(&self) -> f64 {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())) else {
-            return 0.0;
-        };
-        // Fields after the ")" of the command name: utime and stime are the 12th and 13th.
-        let Some(rest) = stat.rsplit(')').next() else {
-            return 0.0;
-        };
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: f64 = [11, 12]
-            .iter()
-            .filter_map(|i| f.get(*i)?.parse::<f64>().ok())
-            .sum();
-        ticks / 100.0
+        cpu_seconds(&self.child.id().to_string())
     }
 
     /// Peak resident set (VmHWM), MiB.
@@ -120,4 +108,23 @@ impl Drop for EngineProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// User + system CPU seconds of process `pid` (a number, or `self`) so far, from
+/// /proc/PID/stat; 0 where unavailable.
+pub fn cpu_seconds(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the ")" of the command name: utime and stime are the 12th and 13th.
+    let Some(rest) = stat.rsplit(')').next() else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|i| f.get(*i)?.parse::<f64>().ok())
+        .sum();
+    // USER_HZ is 100 on Linux.
+    ticks / 100.0
 }

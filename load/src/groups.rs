@@ -95,7 +95,7 @@ pub async fn run(channels: &[Channel], args: &Args, run_id: &str) -> Result<Repo
             h
         }));
     }
-    let progress = report::Progress::start(tally_claims(&tally), !args.json);
+    let progress = report::Progress::start(tally_claims(&tally), args.progress());
     let mut sel = report::histogram();
     for t in tasks {
         sel.add(&t.await.map_err(|e| e.to_string())?)

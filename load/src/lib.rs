@@ -1,16 +1,25 @@
-//! The load harness: builds a synthetic cloud through the real gRPC API, then runs a named,
-//! seeded scenario with many concurrent clients, then audits the engine's state.
+//! The load harness: builds a synthetic cloud through the real gRPC API — API-created
+//! providers, or simulated compute nodes that register and heartbeat like real ones — then
+//! runs a named, seeded scenario with many concurrent clients, then audits the engine's
+//! state.
 //!
-//! Scenarios: `flat-1k` / `flat-10k` (SelectDestinations + Release cycles, mixed flavors),
-//! `fill-1k` (place until no valid host; report utilisation per class reached — packing
-//! efficiency — and the first rejection reasons), `groups-10k` (place `--count` instances
-//! and keep them: a quarter pinned to an AZ, a tenth in anti-affinity groups of 5, some in
-//! soft-anti-affinity and affinity groups; the audit checks every group policy). Any
-//! `flat-N` / `fill-N` / `groups-N` works.
+//! Modules:
+//! - this file: flags ([`Args`]), scenario names ([`Scenario`]), the run ([`run`]), the
+//!   API-created cloud, the `flat` and `fill` scenarios and the usage audit;
+//! - [`fleet`]: simulated compute nodes (`berth_node::agent` over `FakeHypervisor`s);
+//! - `groups`, `lifecycle`, `churn`, `heartbeat`: the other scenarios;
+//! - [`report`]: latency histograms, the report and how it is printed;
+//! - `engine_proc`: the `berth-engine` child process and its CPU time and memory.
+//!
+//! Scenarios are listed in [`SCENARIOS_HELP`] (also `berth-load --help`).
 
+mod churn;
 mod engine_proc;
+pub mod fleet;
 mod groups;
-mod report;
+mod heartbeat;
+mod lifecycle;
+pub mod report;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,11 +35,55 @@ use tonic::transport::Channel;
 
 pub use report::Report;
 
+/// The scenarios, as `berth-load --help` shows them after the flags.
+pub const SCENARIOS_HELP: &str = "\
+Scenarios (N hosts: 500, 1k, 10k, ...; k = 1000; every run is seeded by --seed):
+  flat-N       N API-created providers (mixed sizes, 4 AZs). Clients loop SelectDestinations
+               + Release with mixed flavors for --duration [10s] or --count claims.
+               Named: flat-1k, flat-10k.
+  fill-N       N providers, packing. Clients place until no valid host; reports the
+               utilisation reached per class and the first rejection. Named: fill-1k.
+  groups-N     N providers. Places --count [10000] instances and keeps them: a quarter
+               pinned to an AZ, a tenth in anti-affinity groups of 5, some in soft-anti-
+               affinity and affinity groups; the audit checks every group. Named: groups-10k.
+  lifecycle-N  N simulated compute nodes (real Nodes/Connect streams over fake
+               hypervisors). Clients loop CreateServer (count 1, mixed flavors, an image the
+               run creates) and DeleteServer, each keeping at most --window servers, for
+               --duration [10s] or --count creates. Every ACTIVE server's domain is checked
+               on its host's fake hypervisor; deleted ones must be gone; the audit recomputes
+               each provider's usage from every live server's allocations. Named:
+               lifecycle-1k.
+  churn-N      N simulated nodes heartbeating every --heartbeat [2s] (down after 3
+               intervals). Clients loop SelectDestinations + Release while, every second,
+               --churn [N/1000, at least 1] nodes leave for good, as many join with new
+               names and as many pause (stop, then come back under the same name after
+               0.5-2.5 x down_after) for --duration [30s]; half the victims are hosts just
+               placed on. Reports up/down over time; the audit counts claims on hosts
+               stopped for over 2 x down_after and on hosts every snapshot showed down.
+               Named: churn-10k.
+  heartbeat-N  N simulated nodes heartbeating every --heartbeat [10s], no clients, for
+               --duration [60s] after all are up: the engine's CPU in that window as a
+               percentage of one core (target: 10,000 nodes every 10s < 5%). Named:
+               heartbeat-10k.
+
+Simulated nodes are sized like flat's hosts, in AZs az0-az3, and carry the trait
+CUSTOM_LOAD_<RUN> that requests and audits select them by. --nodes M adds M heartbeating
+nodes to flat/fill/groups runs (they are not placed on: background load only).
+
+The run fails (exit status 2) on any over-commit, usage or allocation mismatch, group
+violation, missing or leaked domain, claim on a long-down host, or error the scenario does
+not expect (fill, flat and groups expect RESOURCE_EXHAUSTED; the others expect none).";
+
 /// Command-line arguments.
 #[derive(Parser, Debug, Clone)]
-#[command(version, about = "Load-test a Berth engine: concurrent clients, latency percentiles, audit", long_about = None)]
+#[command(
+    version,
+    about = "Load-test a Berth engine: simulated compute nodes, concurrent clients, latency percentiles, audit",
+    long_about = None,
+    after_help = SCENARIOS_HELP
+)]
 pub struct Args {
-    /// Scenario: flat-1k, flat-10k, fill-1k (any flat-N or fill-N, N hosts; k = 1000).
+    /// Scenario: flat-N, fill-N, groups-N, lifecycle-N, churn-N, heartbeat-N (see below).
     #[arg(long, default_value = "flat-1k")]
     pub scenario: String,
     /// Engine to target; when absent, a `berth-engine` is spawned for the run.
@@ -42,13 +95,15 @@ pub struct Args {
     /// Concurrent clients.
     #[arg(long, default_value_t = 64)]
     pub clients: usize,
-    /// HTTP/2 connections the clients share.
+    /// HTTP/2 connections the clients share (simulated nodes have one each).
     #[arg(long, default_value_t = 8)]
     pub connections: usize,
-    /// Run for this many seconds (flat scenarios).
-    #[arg(long, default_value_t = 10.0)]
-    pub duration: f64,
-    /// Stop after this many claims instead (flat scenarios).
+    /// Run for this many seconds [default: 10; churn 30; heartbeat 60, after all nodes are
+    /// up]. With --count and no --duration, runs until the count is reached.
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Stop after this many claims (flat) or creates (lifecycle); instances to place
+    /// (groups, default 10000).
     #[arg(long)]
     pub count: Option<u64>,
     /// Seed for the cloud and the request mix.
@@ -61,6 +116,48 @@ pub struct Args {
     /// fill scenarios always pack.
     #[arg(long)]
     pub pack: bool,
+    /// Simulated compute nodes, each a real agent with its own connection [default: N for
+    /// lifecycle-N, churn-N, heartbeat-N; 0 otherwise].
+    #[arg(long)]
+    pub nodes: Option<usize>,
+    /// Seconds between a simulated node's heartbeats (at least 0.1) [default: 10; churn 2].
+    #[arg(long)]
+    pub heartbeat: Option<f64>,
+    /// Simulated nodes started per second while the fleet comes up.
+    #[arg(long, default_value_t = 2000)]
+    pub ramp: usize,
+    /// Lifecycle: servers each client keeps alive; the oldest is deleted beyond it (0:
+    /// delete each server right after creating it).
+    #[arg(long, default_value_t = 2)]
+    pub window: usize,
+    /// Churn: nodes that leave, join and pause, each, per second [default: N/1000, at least 1].
+    #[arg(long)]
+    pub churn: Option<usize>,
+    /// No progress lines on stderr.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl Args {
+    /// `--duration`, or this scenario's default.
+    fn duration_or(&self, default: f64) -> f64 {
+        self.duration.unwrap_or(default).max(0.1)
+    }
+
+    /// How long the measured phase may last: `--duration`, or unbounded when only
+    /// `--count` bounds it.
+    fn deadline(&self, default: f64) -> Duration {
+        if self.count.is_some() && self.duration.is_none() {
+            Duration::MAX
+        } else {
+            Duration::from_secs_f64(self.duration_or(default))
+        }
+    }
+
+    /// Progress lines on stderr: not with --quiet or --json.
+    fn progress(&self) -> bool {
+        !self.quiet && !self.json
+    }
 }
 
 /// One scenario, parsed.
@@ -72,10 +169,16 @@ pub enum Scenario {
     Fill(usize),
     /// Place `--count` instances with AZs and server groups, keep them, audit the groups.
     Groups(usize),
+    /// CreateServer / DeleteServer through N simulated nodes.
+    Lifecycle(usize),
+    /// SelectDestinations + Release while N simulated nodes join, leave and go silent.
+    Churn(usize),
+    /// N simulated nodes heartbeating, no clients: the engine's CPU.
+    Heartbeat(usize),
 }
 
 impl Scenario {
-    /// Parses `flat-1k`, `fill-500`, ….
+    /// Parses `flat-1k`, `fill-500`, `lifecycle-1k`, ….
     pub fn parse(s: &str) -> Result<Self, String> {
         let (kind, n) = s
             .split_once('-')
@@ -92,16 +195,119 @@ impl Scenario {
             "flat" => Ok(Self::Flat(hosts)),
             "fill" => Ok(Self::Fill(hosts)),
             "groups" => Ok(Self::Groups(hosts)),
+            "lifecycle" => Ok(Self::Lifecycle(hosts)),
+            "churn" => Ok(Self::Churn(hosts)),
+            "heartbeat" => Ok(Self::Heartbeat(hosts)),
             _ => Err(format!(
-                "scenario {s:?}: unknown kind {kind:?} (flat, fill, groups)"
+                "scenario {s:?}: unknown kind {kind:?} (flat, fill, groups, lifecycle, churn, heartbeat)"
             )),
         }
     }
+
     fn hosts(self) -> usize {
         match self {
-            Self::Flat(n) | Self::Fill(n) | Self::Groups(n) => n,
+            Self::Flat(n)
+            | Self::Fill(n)
+            | Self::Groups(n)
+            | Self::Lifecycle(n)
+            | Self::Churn(n)
+            | Self::Heartbeat(n) => n,
         }
     }
+
+    /// Whether the scenario's hosts are simulated nodes rather than API-created providers.
+    fn simulated(self) -> bool {
+        matches!(
+            self,
+            Self::Lifecycle(_) | Self::Churn(_) | Self::Heartbeat(_)
+        )
+    }
+
+    /// Default heartbeat interval: churn needs hosts to go down within the run.
+    fn default_heartbeat(self) -> f64 {
+        if matches!(self, Self::Churn(_)) {
+            2.0
+        } else {
+            10.0
+        }
+    }
+
+    /// Error codes that do not fail the run.
+    fn expected_errors(self) -> Vec<String> {
+        match self {
+            // As before simulated nodes existed: a full cloud answers "no valid host".
+            Self::Flat(_) | Self::Fill(_) | Self::Groups(_) => vec!["ResourceExhausted".into()],
+            Self::Lifecycle(_) | Self::Churn(_) | Self::Heartbeat(_) => Vec::new(),
+        }
+    }
+}
+
+/// Which providers belong to this run: API-created ones are members of aggregate
+/// `load-<run>`; simulated nodes report trait `CUSTOM_LOAD_<RUN>`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Scope {
+    /// Members of this aggregate.
+    Aggregate(String),
+    /// Providers with this trait.
+    Trait(String),
+}
+
+impl Scope {
+    /// Restricts a placement request to the scope.
+    fn restrict(&self, spec: &mut pb::RequestSpec) {
+        match self {
+            Self::Aggregate(a) => spec.member_of.push(pb::AggregateSet {
+                aggregates: vec![a.clone()],
+            }),
+            Self::Trait(t) => spec.required_traits.push(t.clone()),
+        }
+    }
+
+    /// The list request of one page of the scope's providers.
+    fn list_request(&self, page_token: String) -> pb::ListResourceProvidersRequest {
+        let mut req = pb::ListResourceProvidersRequest {
+            page_size: 1000,
+            page_token,
+            ..Default::default()
+        };
+        match self {
+            Self::Aggregate(a) => req.member_of.push(a.clone()),
+            Self::Trait(t) => req.required_traits.push(t.clone()),
+        }
+        req
+    }
+}
+
+/// Every provider of `scope`, all pages.
+pub(crate) async fn list_providers(
+    channel: &Channel,
+    scope: &Scope,
+) -> Result<Vec<pb::ResourceProvider>, String> {
+    let mut placement = PlacementClient::new(channel.clone());
+    let mut out = Vec::new();
+    let mut token = String::new();
+    loop {
+        let resp = placement
+            .list_resource_providers(scope.list_request(token))
+            .await
+            .map_err(|s| format!("listing providers: {}", s.message()))?
+            .into_inner();
+        out.extend(resp.providers);
+        if resp.next_page_token.is_empty() {
+            return Ok(out);
+        }
+        token = resp.next_page_token;
+    }
+}
+
+/// The hardware of host `i` of a seeded cloud: (vCPUs, RAM GiB, disk GB). API-created
+/// providers and simulated nodes of the same index and seed are alike.
+pub(crate) fn host_shape(seed: u64, i: usize) -> (u64, u64, u64) {
+    let mut rng = fastrand::Rng::with_seed(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let vcpus = [16u64, 32, 48, 64][rng.usize(..4)];
+    let ram_gb = [64u64, 128, 192, 256][rng.usize(..4)];
+    let disk_gb = [1000u64, 2000, 4000][rng.usize(..3)];
+    (vcpus, ram_gb, disk_gb)
 }
 
 /// The flavors every run creates: (name, vcpus, ram_mb, disk_gb).
@@ -112,17 +318,40 @@ pub const FLAVORS: &[(&str, u32, u64, u64)] = &[
     ("load.xlarge", 8, 16384, 160),
 ];
 
-/// Runs a whole load test.
+/// Runs a whole load test: engine, cloud, fleet, scenario, audit; prints and returns the
+/// report.
 pub async fn run(args: Args) -> Result<Report, String> {
     let scenario = Scenario::parse(&args.scenario)?;
     if args.clients == 0 || args.connections == 0 {
         return Err("--clients and --connections must be at least 1".into());
     }
+    let sim_nodes = args.nodes.unwrap_or(if scenario.simulated() {
+        scenario.hosts()
+    } else {
+        0
+    });
+    if scenario.simulated() && sim_nodes == 0 {
+        return Err(format!("{}: --nodes must be at least 1", args.scenario));
+    }
+    let heartbeat = args.heartbeat.unwrap_or(scenario.default_heartbeat());
+    if !(heartbeat.is_finite() && heartbeat >= 0.1) {
+        return Err(format!(
+            "--heartbeat {heartbeat}: must be at least 0.1 seconds"
+        ));
+    }
+    let heartbeat = Duration::from_secs_f64(heartbeat);
+    let open_file_limit = if sim_nodes > 0 {
+        fleet::make_room_for(sim_nodes, args.connections + 256)?
+    } else {
+        None
+    };
     let pack = args.pack || matches!(scenario, Scenario::Fill(_));
     let mut spawned = None;
     let url = match &args.engine {
         Some(u) => u.clone(),
         None => {
+            // The child inherits the open-file limit raised above; berth-engine also raises
+            // its own soft limit to the hard one at start.
             let p = engine_proc::EngineProcess::spawn(args.engine_bin.as_deref(), pack).await?;
             let u = p.url.clone();
             spawned = Some(p);
@@ -141,39 +370,103 @@ pub async fn run(args: Args) -> Result<Report, String> {
     }
     let setup_start = Instant::now();
     let run_id = format!("{:08x}", fastrand::u32(..));
-    build_cloud(&channels, scenario.hosts(), args.seed, &run_id).await?;
+    create_flavors(&channels[0]).await?;
+    if !scenario.simulated() {
+        create_providers(&channels, scenario.hosts(), args.seed, &run_id).await?;
+    }
+    let fleet = fleet::Fleet::new(&url, heartbeat, &run_id, args.seed);
+    let mut nodes = None;
+    if sim_nodes > 0 {
+        let started = Instant::now();
+        fleet
+            .start_range(0, sim_nodes, args.ramp.max(1), !args.progress())
+            .await;
+        // Generous: registrations are serialised in the engine, and this machine runs both.
+        let timeout = Duration::from_secs(60 + sim_nodes as u64 / 100);
+        let waited = fleet.wait_up(&channels[0], timeout, !args.progress()).await;
+        if let Err(e) = waited {
+            fleet.shutdown().await;
+            return Err(e);
+        }
+        nodes = Some(report::NodeStats {
+            simulated: sim_nodes,
+            heartbeat_seconds: heartbeat.as_secs_f64(),
+            down_after_seconds: 3.0 * heartbeat.as_secs_f64(),
+            registration_seconds: started.elapsed().as_secs_f64(),
+            open_file_limit,
+            agent_failures: 0,
+        });
+    }
+    let scope = if scenario.simulated() {
+        fleet.scope()
+    } else {
+        Scope::Aggregate(format!("load-{run_id}"))
+    };
     let setup = setup_start.elapsed();
     let cpu_before = spawned.as_ref().map(|p| p.cpu_seconds()).unwrap_or(0.0);
-    let mut report = match scenario {
-        Scenario::Flat(_) => run_flat(&channels, &args, &run_id).await?,
-        Scenario::Fill(_) => run_fill(&channels, &args, &run_id).await?,
-        Scenario::Groups(_) => groups::run(&channels, &args, &run_id).await?,
+    let result = match scenario {
+        Scenario::Flat(_) => run_flat(&channels, &args, &run_id, &scope).await,
+        Scenario::Fill(_) => run_fill(&channels, &args, &run_id, &scope).await,
+        Scenario::Groups(_) => groups::run(&channels, &args, &run_id).await,
+        Scenario::Lifecycle(_) => lifecycle::run(&channels, &args, &run_id, &fleet).await,
+        Scenario::Churn(n) => churn::run(&channels, &args, &run_id, &fleet, n).await,
+        Scenario::Heartbeat(_) => {
+            heartbeat::run(&channels[0], &args, &fleet, spawned.as_ref()).await
+        }
     };
+    let mut report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            fleet.shutdown().await;
+            return Err(e);
+        }
+    };
+    let cpu_after = spawned.as_ref().map(|p| p.cpu_seconds());
     report.scenario = args.scenario.clone();
-    report.hosts = scenario.hosts();
-    report.clients = args.clients;
+    report.hosts = if scenario.simulated() {
+        sim_nodes
+    } else {
+        scenario.hosts()
+    };
+    report.clients = if matches!(scenario, Scenario::Heartbeat(_)) {
+        0
+    } else {
+        args.clients
+    };
     report.setup_seconds = setup.as_secs_f64();
-    report.audit = audit(&channels[0], &run_id).await?;
-    if matches!(scenario, Scenario::Groups(_)) {
-        report.audit.group_violations = Some(groups::audit(&channels[0], &run_id).await?);
+    report.expected_errors = scenario.expected_errors();
+    let audited = async {
+        report.audit = audit(&channels[0], &run_id, &scope).await?;
+        match scenario {
+            Scenario::Groups(_) => {
+                report.audit.group_violations = Some(groups::audit(&channels[0], &run_id).await?);
+            }
+            Scenario::Lifecycle(_) => {
+                lifecycle::audit(&channels, &run_id, &fleet, &scope, &mut report).await?;
+            }
+            _ => {}
+        }
+        Ok::<(), String>(())
+    };
+    let audited = audited.await;
+    fleet.shutdown().await;
+    audited?;
+    if let Some(mut n) = nodes {
+        n.agent_failures = fleet.failures();
+        report.nodes = Some(n);
     }
-    if let Some(p) = &spawned {
-        report.engine_cpu_seconds = Some(p.cpu_seconds() - cpu_before);
-        report.engine_peak_rss_mb = p.peak_rss_mb();
+    if let (Some(after), None) = (cpu_after, &report.heartbeat) {
+        report.engine_cpu_seconds = Some(after - cpu_before);
     }
+    report.engine_peak_rss_mb = spawned.as_ref().and_then(|p| p.peak_rss_mb());
     report.print(args.json);
     drop(spawned);
     Ok(report)
 }
 
-/// Creates `hosts` providers (mixed sizes, 4 AZs) and the flavors, concurrently.
-async fn build_cloud(
-    channels: &[Channel],
-    hosts: usize,
-    seed: u64,
-    run_id: &str,
-) -> Result<(), String> {
-    let mut catalog = CatalogClient::new(channels[0].clone());
+/// Creates the flavors every scenario uses (idempotently: `--engine` may be shared).
+async fn create_flavors(channel: &Channel) -> Result<(), String> {
+    let mut catalog = CatalogClient::new(channel.clone());
     for (name, vcpus, ram, disk) in FLAVORS {
         let r = catalog
             .create_flavor(pb::CreateFlavorRequest {
@@ -190,6 +483,16 @@ async fn build_cloud(
             Err(s) => return Err(format!("creating flavor {name}: {}", s.message())),
         }
     }
+    Ok(())
+}
+
+/// Creates `hosts` providers (mixed sizes, 4 AZs) in aggregate `load-<run>`, concurrently.
+async fn create_providers(
+    channels: &[Channel],
+    hosts: usize,
+    seed: u64,
+    run_id: &str,
+) -> Result<(), String> {
     let workers = channels.len().max(4);
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
@@ -203,10 +506,7 @@ async fn build_cloud(
                 if i >= hosts {
                     return Ok::<(), String>(());
                 }
-                let mut rng =
-                    fastrand::Rng::with_seed(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-                let vcpus = [16u64, 32, 48, 64][rng.usize(..4)];
-                let ram_gb = [64u64, 128, 192, 256][rng.usize(..4)];
+                let (vcpus, ram_gb, disk_gb) = host_shape(seed, i);
                 let inv = |c: &str, total: u64, ratio: f64, reserved: u64| pb::Inventory {
                     resource_class: c.into(),
                     total,
@@ -221,7 +521,7 @@ async fn build_cloud(
                     inventories: vec![
                         inv("VCPU", vcpus, 4.0, 0),
                         inv("MEMORY_MB", ram_gb * 1024, 1.0, 512),
-                        inv("DISK_GB", [1000u64, 2000, 4000][rng.usize(..3)], 1.0, 0),
+                        inv("DISK_GB", disk_gb, 1.0, 0),
                     ],
                     ..Default::default()
                 };
@@ -238,17 +538,22 @@ async fn build_cloud(
     Ok(())
 }
 
-pub(crate) fn spec(flavor: &str, run_id: &str) -> pb::RequestSpec {
-    pb::RequestSpec {
+/// A one-instance request for `flavor` in project `load-<run>`, restricted to `scope`.
+pub(crate) fn spec_in(flavor: &str, run_id: &str, scope: &Scope) -> pb::RequestSpec {
+    let mut spec = pb::RequestSpec {
         flavor: Some(flavor.to_string()),
-        member_of: vec![pb::AggregateSet {
-            aggregates: vec![format!("load-{run_id}")],
-        }],
         project_id: format!("load-{run_id}"),
         user_id: "berth-load".into(),
         num_instances: 1,
         ..Default::default()
-    }
+    };
+    scope.restrict(&mut spec);
+    spec
+}
+
+/// A one-instance request for `flavor` on this run's API-created providers.
+pub(crate) fn spec(flavor: &str, run_id: &str) -> pb::RequestSpec {
+    spec_in(flavor, run_id, &Scope::Aggregate(format!("load-{run_id}")))
 }
 
 /// Latency recorders and counters shared by the clients.
@@ -273,6 +578,11 @@ impl Tally {
             .lock()
             .entry(format!("{rpc} {}", code_name(e)))
             .or_default() += 1;
+    }
+
+    /// Counts a failure that is not a gRPC error (e.g. "CreateServer vm_state=ERROR").
+    pub(crate) fn count(&self, key: &str) {
+        *self.errors.lock().entry(key.to_string()).or_default() += 1;
     }
 
     /// The report of a measured phase that took `elapsed` seconds.
@@ -312,10 +622,15 @@ pub(crate) fn code_name(s: &tonic::Status) -> String {
     format!("{:?}", s.code())
 }
 
-async fn run_flat(channels: &[Channel], args: &Args, run_id: &str) -> Result<Report, String> {
+async fn run_flat(
+    channels: &[Channel],
+    args: &Args,
+    run_id: &str,
+    scope: &Scope,
+) -> Result<Report, String> {
     let tally = Arc::new(Tally::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let deadline = Duration::from_secs_f64(args.duration.max(0.1));
+    let deadline = args.deadline(10.0);
     let limit = args.count.unwrap_or(u64::MAX);
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -324,6 +639,7 @@ async fn run_flat(channels: &[Channel], args: &Args, run_id: &str) -> Result<Rep
         let tally = tally.clone();
         let stop = stop.clone();
         let run_id = run_id.to_string();
+        let scope = scope.clone();
         let mut rng = fastrand::Rng::with_seed(args.seed.wrapping_add(c as u64));
         tasks.push(tokio::spawn(async move {
             let mut sel_h = report::histogram();
@@ -333,7 +649,7 @@ async fn run_flat(channels: &[Channel], args: &Args, run_id: &str) -> Result<Rep
                 let t = Instant::now();
                 let r = sched
                     .select_destinations(pb::SelectDestinationsRequest {
-                        spec: Some(spec(flavor, &run_id)),
+                        spec: Some(spec_in(flavor, &run_id, &scope)),
                     })
                     .await;
                 report::record(&mut sel_h, t.elapsed());
@@ -365,7 +681,10 @@ async fn run_flat(channels: &[Channel], args: &Args, run_id: &str) -> Result<Rep
             (sel_h, rel_h)
         }));
     }
-    let progress = report::Progress::start(tally_claims(&tally), args.duration > 3.0 && !args.json);
+    let progress = report::Progress::start(
+        tally_claims(&tally),
+        args.duration_or(10.0) > 3.0 && args.progress(),
+    );
     while start.elapsed() < deadline && !stop.load(Ordering::Relaxed) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -393,7 +712,12 @@ pub(crate) fn tally_claims(t: &Arc<Tally>) -> impl Fn() -> u64 + Send + 'static 
     move || t.claims.load(Ordering::Relaxed)
 }
 
-async fn run_fill(channels: &[Channel], args: &Args, run_id: &str) -> Result<Report, String> {
+async fn run_fill(
+    channels: &[Channel],
+    args: &Args,
+    run_id: &str,
+    scope: &Scope,
+) -> Result<Report, String> {
     let tally = Arc::new(Tally::default());
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -401,6 +725,7 @@ async fn run_fill(channels: &[Channel], args: &Args, run_id: &str) -> Result<Rep
         let mut sched = SchedulerClient::new(channels[c % channels.len()].clone());
         let tally = tally.clone();
         let run_id = run_id.to_string();
+        let scope = scope.clone();
         let mut rng = fastrand::Rng::with_seed(args.seed.wrapping_add(c as u64));
         tasks.push(tokio::spawn(async move {
             let mut sel_h = report::histogram();
@@ -412,7 +737,7 @@ async fn run_fill(channels: &[Channel], args: &Args, run_id: &str) -> Result<Rep
                 let t = Instant::now();
                 let r = sched
                     .select_destinations(pb::SelectDestinationsRequest {
-                        spec: Some(spec(FLAVORS[f].0, &run_id)),
+                        spec: Some(spec_in(FLAVORS[f].0, &run_id, &scope)),
                     })
                     .await;
                 report::record(&mut sel_h, t.elapsed());
@@ -441,7 +766,7 @@ async fn run_fill(channels: &[Channel], args: &Args, run_id: &str) -> Result<Rep
             sel_h
         }));
     }
-    let progress = report::Progress::start(tally_claims(&tally), !args.json);
+    let progress = report::Progress::start(tally_claims(&tally), args.progress());
     let mut sel = report::histogram();
     for t in tasks {
         sel.add(&t.await.map_err(|e| e.to_string())?)
@@ -452,39 +777,25 @@ async fn run_fill(channels: &[Channel], args: &Args, run_id: &str) -> Result<Rep
     Ok(tally.report(elapsed, vec![report::summary("SelectDestinations", &sel)]))
 }
 
-/// Recomputes usage from every allocation of this run and compares it with what the engine
-/// reports per provider; counts over-commits.
-async fn audit(channel: &Channel, run_id: &str) -> Result<report::Audit, String> {
+/// Recomputes usage from every allocation of this run (the project's totals) and compares
+/// it with what the engine reports per provider of `scope`; counts over-commits.
+async fn audit(channel: &Channel, run_id: &str, scope: &Scope) -> Result<report::Audit, String> {
     let mut placement = PlacementClient::new(channel.clone());
     let mut audit = report::Audit::default();
-    let mut token = String::new();
     let mut per_class: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-    loop {
-        let resp = placement
-            .list_resource_providers(pb::ListResourceProvidersRequest {
-                member_of: vec![format!("load-{run_id}")],
-                page_size: 1000,
-                page_token: token.clone(),
-                ..Default::default()
-            })
-            .await
-            .map_err(|s| format!("audit: listing providers: {}", s.message()))?
-            .into_inner();
-        for p in &resp.providers {
-            audit.providers += 1;
-            for u in &p.usages {
-                if u.used > u.capacity {
-                    audit.overcommits += 1;
-                }
-                let e = per_class.entry(u.resource_class.clone()).or_default();
-                e.0 += u.used;
-                e.1 += u.capacity;
+    let providers = list_providers(channel, scope)
+        .await
+        .map_err(|e| format!("audit: {e}"))?;
+    for p in &providers {
+        audit.providers += 1;
+        for u in &p.usages {
+            if u.used > u.capacity {
+                audit.overcommits += 1;
             }
+            let e = per_class.entry(u.resource_class.clone()).or_default();
+            e.0 += u.used;
+            e.1 += u.capacity;
         }
-        if resp.next_page_token.is_empty() {
-            break;
-        }
-        token = resp.next_page_token;
     }
     let project = placement
         .get_project_usages(pb::GetProjectUsagesRequest {

@@ -66,6 +66,114 @@ pub struct Audit {
     pub utilisation: BTreeMap<String, f64>,
     /// Groups whose hard policy is broken (groups scenario only). Must be 0.
     pub group_violations: Option<u64>,
+    /// (provider, class) pairs whose reported usage differs from the sum of the allocations
+    /// of every live server (lifecycle scenario only: its servers are the consumers it can
+    /// enumerate). Must be 0.
+    pub allocation_mismatches: Option<u64>,
+}
+
+/// The simulated compute nodes of a run (`--nodes`, lifecycle, churn, heartbeat).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NodeStats {
+    /// Agents started before the measured phase.
+    pub simulated: usize,
+    /// Heartbeat interval of every agent, seconds.
+    pub heartbeat_seconds: f64,
+    /// When a silent host is marked down, seconds: the engine's default, three heartbeat
+    /// intervals (what the spawned engine uses; assumed for `--engine`).
+    pub down_after_seconds: f64,
+    /// From the first agent started until every one was registered and up, seconds.
+    pub registration_seconds: f64,
+    /// This process's open-file soft limit after raising it (`None`: unlimited).
+    pub open_file_limit: Option<u64>,
+    /// Agents that stopped with a configuration error. Must be 0.
+    pub agent_failures: u64,
+}
+
+/// Servers created and deleted through the node daemons (lifecycle scenario).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ServerStats {
+    /// CreateServer calls that returned a server.
+    pub created: u64,
+    /// Servers returned in ERROR (every build attempt failed). Must be 0.
+    pub error_servers: u64,
+    /// Build attempts beyond the first (a failed spawn retried on an alternate host).
+    pub build_retries: u64,
+    /// DeleteServer calls that succeeded.
+    pub deleted: u64,
+    /// Servers each client kept alive at most (`--window`).
+    pub window: usize,
+    /// ACTIVE servers whose domain was looked up on its host's fake hypervisor (after each
+    /// create and in the final audit).
+    pub domains_checked: u64,
+    /// ACTIVE servers whose host's hypervisor had no running domain for them. Must be 0.
+    pub missing_domains: u64,
+    /// Domains left on a hypervisor after their server was deleted, or with no server at
+    /// all in the final audit. Must be 0.
+    pub leaked_domains: u64,
+    /// Servers alive at the audit (deleted afterwards, outside the measured phase).
+    pub live_servers: u64,
+}
+
+/// Nodes up and down at one moment (churn scenario), from `ListResourceProviders`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NodeSample {
+    /// Seconds since the measured phase started.
+    pub t: f64,
+    /// Hosts the engine reports up.
+    pub up: u64,
+    /// Hosts the engine reports down.
+    pub down: u64,
+    /// Agents running in the harness at that moment.
+    pub running: u64,
+}
+
+/// Nodes joining, leaving and going silent while clients place (churn scenario).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ChurnStats {
+    /// Agents stopped for good (their hosts go down after `down_after`).
+    pub left: u64,
+    /// Agents started with new names during the run.
+    pub joined: u64,
+    /// Agents stopped and later restarted with the same name (missed heartbeats).
+    pub paused: u64,
+    /// Paused agents restarted so far.
+    pub resumed: u64,
+    /// Claims checked against the churn history.
+    pub checked_claims: u64,
+    /// Claims on hosts whose agent was stopped when the claim was sent, however briefly
+    /// (allowed within `down_after`: the engine cannot know yet). Shows the check is
+    /// exercised.
+    pub claims_on_silent_hosts: u64,
+    /// Claims sent more than 2 × down_after after the host's agent was stopped (and not
+    /// restarted before the claim returned). Must be 0.
+    pub claims_on_stopped_hosts: u64,
+    /// Claims on a host that every host-list snapshot from at least 2 × down_after before
+    /// the claim until after it showed down. Must be 0.
+    pub claims_on_down_hosts: u64,
+    /// Up/down counts, about once a second.
+    pub timeline: Vec<NodeSample>,
+}
+
+/// What heartbeats alone cost the engine (heartbeat scenario).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HeartbeatStats {
+    /// Seconds of the steady window (every node registered, before the end).
+    pub window_seconds: f64,
+    /// Heartbeats the nodes should have sent in the window (nodes × window / interval).
+    pub expected_heartbeats: u64,
+    /// Engine CPU seconds in the window (spawned engine only).
+    pub engine_cpu_seconds: Option<f64>,
+    /// Engine CPU in the window as a percentage of one core.
+    pub engine_core_percent: Option<f64>,
+    /// The same, per heartbeat interval of the window (shows the noise).
+    pub interval_core_percent: Vec<f64>,
+    /// This harness's CPU in the window as a percentage of one core (the agents' side).
+    pub harness_core_percent: Option<f64>,
+    /// Hosts up at the end. Should equal `nodes_expected`.
+    pub nodes_up_at_end: u64,
+    /// Hosts started.
+    pub nodes_expected: u64,
 }
 
 /// A run's results.
@@ -99,21 +207,55 @@ pub struct Report {
     pub engine_cpu_seconds: Option<f64>,
     /// Peak resident memory of the spawned engine, MiB.
     pub engine_peak_rss_mb: Option<f64>,
+    /// Status codes (as in `errors` keys) that this scenario expects and that do not fail
+    /// the run, e.g. `ResourceExhausted` when filling the cloud.
+    pub expected_errors: Vec<String>,
+    /// Simulated compute nodes, when the run had any.
+    pub nodes: Option<NodeStats>,
+    /// Servers of the lifecycle scenario.
+    pub servers: Option<ServerStats>,
+    /// Churn of the churn scenario.
+    pub churn: Option<ChurnStats>,
+    /// Heartbeat cost of the heartbeat scenario.
+    pub heartbeat: Option<HeartbeatStats>,
 }
 
 impl Report {
-    /// Whether the audit passed and no unexpected error happened (fill runs expect
-    /// RESOURCE_EXHAUSTED; flat runs expect nothing).
-    pub fn ok(&self) -> bool {
-        let unexpected = self
-            .errors
+    /// Errors whose code the scenario does not expect.
+    pub fn unexpected_errors(&self) -> u64 {
+        self.errors
             .iter()
-            .filter(|(k, _)| !k.ends_with("ResourceExhausted"))
-            .count();
-        self.audit.overcommits == 0
-            && self.audit.usage_mismatches == 0
-            && self.audit.group_violations.unwrap_or(0) == 0
-            && unexpected == 0
+            .filter(|(k, _)| !self.expected_errors.iter().any(|c| k.ends_with(c.as_str())))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// Whether the audit passed and no unexpected error happened: no over-commit, no usage
+    /// or allocation mismatch, no group violation, no missing or leaked domain, no claim on
+    /// a host down for long, every agent healthy.
+    pub fn ok(&self) -> bool {
+        let a = &self.audit;
+        let servers_ok = self.servers.as_ref().is_none_or(|s| {
+            s.error_servers == 0 && s.missing_domains == 0 && s.leaked_domains == 0
+        });
+        let churn_ok = self
+            .churn
+            .as_ref()
+            .is_none_or(|c| c.claims_on_stopped_hosts == 0 && c.claims_on_down_hosts == 0);
+        let nodes_ok = self.nodes.as_ref().is_none_or(|n| n.agent_failures == 0);
+        let heartbeat_ok = self
+            .heartbeat
+            .as_ref()
+            .is_none_or(|h| h.nodes_up_at_end == h.nodes_expected);
+        a.overcommits == 0
+            && a.usage_mismatches == 0
+            && a.group_violations.unwrap_or(0) == 0
+            && a.allocation_mismatches.unwrap_or(0) == 0
+            && servers_ok
+            && churn_ok
+            && nodes_ok
+            && heartbeat_ok
+            && self.unexpected_errors() == 0
     }
 
     /// Prints a human table, or JSON.
@@ -129,17 +271,44 @@ impl Report {
             "scenario {}: {} hosts, {} clients (setup {:.1}s)",
             self.scenario, self.hosts, self.clients, self.setup_seconds
         );
-        println!(
-            "  claims      {:>10}  in {:.2}s = {:.0} claims/s",
-            self.claims, self.seconds, self.claims_per_second
-        );
-        if self.releases > 0 {
-            println!("  releases    {:>10}", self.releases);
+        if let Some(n) = &self.nodes {
+            println!(
+                "  nodes       {} simulated, heartbeat {:.1}s, down after {:.1}s, all up in {:.1}s, open-file limit {}, {} agent failures",
+                n.simulated,
+                n.heartbeat_seconds,
+                n.down_after_seconds,
+                n.registration_seconds,
+                n.open_file_limit
+                    .map_or_else(|| "unlimited".to_string(), |l| l.to_string()),
+                n.agent_failures
+            );
         }
-        println!(
-            "  {:<20} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
-            "latency (µs)", "count", "p50", "p90", "p99", "p99.9", "max"
-        );
+        if let Some(srv) = &self.servers {
+            println!(
+                "  servers     {:>10}  created in {:.2}s = {:.1} servers/s; {} deleted, {} in ERROR, {} build retries, window {}",
+                srv.created,
+                self.seconds,
+                self.claims_per_second,
+                srv.deleted,
+                srv.error_servers,
+                srv.build_retries,
+                srv.window
+            );
+        } else if self.heartbeat.is_none() {
+            println!(
+                "  claims      {:>10}  in {:.2}s = {:.0} claims/s",
+                self.claims, self.seconds, self.claims_per_second
+            );
+            if self.releases > 0 {
+                println!("  releases    {:>10}", self.releases);
+            }
+        }
+        if !self.latency.is_empty() {
+            println!(
+                "  {:<20} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+                "latency (µs)", "count", "p50", "p90", "p99", "p99.9", "max"
+            );
+        }
         for l in &self.latency {
             println!(
                 "  {:<20} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
@@ -150,10 +319,45 @@ impl Report {
             println!("  errors      none");
         }
         for (k, n) in &self.errors {
-            println!("  errors      {k}: {n}");
+            let expected = self.expected_errors.iter().any(|c| k.ends_with(c.as_str()));
+            println!(
+                "  errors      {k}: {n}{}",
+                if expected { " (expected)" } else { "" }
+            );
         }
         if let Some(r) = &self.first_rejection {
             println!("  first no-valid-host: {r}");
+        }
+        if let Some(c) = &self.churn {
+            println!(
+                "  churn       {} left, {} joined, {} paused ({} resumed)",
+                c.left, c.joined, c.paused, c.resumed
+            );
+            // About ten samples: enough to see hosts going down and coming back.
+            let n = c.timeline.len();
+            let mut shown: Vec<usize> = (0..n).step_by(n.div_ceil(10).max(1)).collect();
+            if n > 0 && shown.last() != Some(&(n - 1)) {
+                shown.push(n - 1);
+            }
+            let samples: Vec<String> = shown
+                .iter()
+                .map(|&i| &c.timeline[i])
+                .map(|s| format!("{:.1}s {}/{}", s.t, s.up, s.down))
+                .collect();
+            println!("  up/down     {} (t up/down)", samples.join("  "));
+            println!(
+                "  churn audit {} claims checked: {} on hosts stopped > 2×down_after, {} on hosts seen down throughout ({} on hosts silent < 2×down_after, allowed)",
+                c.checked_claims,
+                c.claims_on_stopped_hosts,
+                c.claims_on_down_hosts,
+                c.claims_on_silent_hosts
+            );
+        }
+        if let Some(srv) = &self.servers {
+            println!(
+                "  domains     {} checked, {} missing, {} leaked; {} live servers at the audit",
+                srv.domains_checked, srv.missing_domains, srv.leaked_domains, srv.live_servers
+            );
         }
         let a = &self.audit;
         let util: Vec<String> = a
@@ -162,8 +366,12 @@ impl Report {
             .map(|(c, u)| format!("{c} {:.1}%", u * 100.0))
             .collect();
         println!("  utilisation {}", util.join(", "));
+        let allocations = a
+            .allocation_mismatches
+            .map(|m| format!(", {m} allocation mismatches"))
+            .unwrap_or_default();
         println!(
-            "  audit       {} providers, {} over-commits, {} usage mismatches, {} live instances -> {}",
+            "  audit       {} providers, {} over-commits, {} usage mismatches{allocations}, {} live instances -> {}",
             a.providers,
             a.overcommits,
             a.usage_mismatches,
@@ -173,7 +381,42 @@ impl Report {
         if let Some(v) = a.group_violations {
             println!("  groups      {v} policy violations");
         }
-        if let Some(cpu) = self.engine_cpu_seconds {
+        if let Some(h) = &self.heartbeat {
+            println!(
+                "  heartbeats  {} nodes every {:.1}s, {:.1}s steady window, ~{} heartbeats; {}/{} up at the end",
+                h.nodes_expected,
+                self.nodes.as_ref().map_or(0.0, |n| n.heartbeat_seconds),
+                h.window_seconds,
+                h.expected_heartbeats,
+                h.nodes_up_at_end,
+                h.nodes_expected
+            );
+            match (h.engine_cpu_seconds, h.engine_core_percent) {
+                (Some(cpu), Some(pct)) => {
+                    let mut per = h.interval_core_percent.clone();
+                    let per = if per.len() <= 12 {
+                        let p: Vec<String> = per.iter().map(|p| format!("{p:.2}")).collect();
+                        format!("per interval: {}%", p.join(" "))
+                    } else {
+                        per.sort_by(f64::total_cmp);
+                        format!(
+                            "per interval: min {:.2}%, median {:.2}%, max {:.2}% over {}",
+                            per[0],
+                            per[per.len() / 2],
+                            per[per.len() - 1],
+                            per.len()
+                        )
+                    };
+                    println!(
+                        "  engine      {cpu:.2} CPU-s in the window = {pct:.2}% of one core ({per})"
+                    );
+                }
+                _ => println!("  engine      CPU not measured (not spawned by berth-load)"),
+            }
+            if let Some(p) = h.harness_core_percent {
+                println!("  harness     {p:.2}% of one core (the agents' side)");
+            }
+        } else if let Some(cpu) = self.engine_cpu_seconds {
             println!(
                 "  engine      {cpu:.2} CPU-s ({:.0}% of one core)",
                 100.0 * cpu / self.seconds.max(1e-9)
@@ -192,8 +435,17 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// Starts printing `count()` and its rate, if `enabled`.
+    /// Starts printing `count()` claims and their rate, if `enabled`.
     pub fn start(count: impl Fn() -> u64 + Send + 'static, enabled: bool) -> Self {
+        Self::start_labelled("claims", count, enabled)
+    }
+
+    /// Starts printing `count()` (named `label`, e.g. "servers") and its rate, if `enabled`.
+    pub fn start_labelled(
+        label: &'static str,
+        count: impl Fn() -> u64 + Send + 'static,
+        enabled: bool,
+    ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let handle = enabled.then(|| {
             let stop = stop.clone();
@@ -207,7 +459,7 @@ impl Progress {
                         last = t;
                         let n = count();
                         eprint!(
-                            "\r  {t:>4}s  {n:>10} claims  {:>8.0}/s ",
+                            "\r  {t:>4}s  {n:>10} {label}  {:>8.0}/s ",
                             n as f64 / start.elapsed().as_secs_f64()
                         );
                         let _ = std::io::stderr().flush();
