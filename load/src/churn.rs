@@ -33,7 +33,7 @@ use parking_lot::Mutex;
 use tonic::transport::Channel;
 
 use crate::fleet::Fleet;
-use crate::{Args, FLAVORS, Report, Tally, report, spec_in, tally_claims};
+use crate::{Args, FLAVORS, Report, Tally, release_timed, report, spec_in, tally_claims};
 
 /// One successful claim: host name, when it was sent and answered.
 struct Claim {
@@ -124,19 +124,7 @@ pub(crate) async fn run(
                         sent,
                         answered,
                     });
-                    let t = Instant::now();
-                    let r = sched
-                        .release(pb::ReleaseRequest {
-                            consumer_uuid: s.consumer_uuid,
-                        })
-                        .await;
-                    report::record(&mut rel_h, t.elapsed());
-                    match r {
-                        Ok(_) => {
-                            tally.releases.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(e) => tally.record_error("Release", &e),
-                    }
+                    release_timed(&mut sched, s.consumer_uuid, &mut rel_h, &tally).await;
                 }
             }
             (sel_h, rel_h, claims)

@@ -657,19 +657,7 @@ async fn run_flat(
                     Ok(resp) => {
                         let n = tally.claims.fetch_add(1, Ordering::Relaxed) + 1;
                         for s in resp.into_inner().selections {
-                            let t = Instant::now();
-                            let r = sched
-                                .release(pb::ReleaseRequest {
-                                    consumer_uuid: s.consumer_uuid,
-                                })
-                                .await;
-                            report::record(&mut rel_h, t.elapsed());
-                            match r {
-                                Ok(_) => {
-                                    tally.releases.fetch_add(1, Ordering::Relaxed);
-                                }
-                                Err(e) => tally.record_error("Release", &e),
-                            }
+                            release_timed(&mut sched, s.consumer_uuid, &mut rel_h, &tally).await;
                         }
                         if n >= limit {
                             stop.store(true, Ordering::Relaxed);
@@ -825,4 +813,26 @@ async fn audit(channel: &Channel, run_id: &str, scope: &Scope) -> Result<report:
     }
     audit.live_instances = u64::from(project.instances);
     Ok(audit)
+}
+
+/// Releases `consumer`, recording the call's latency in `hist` and its outcome in `tally`.
+pub(crate) async fn release_timed(
+    sched: &mut SchedulerClient<Channel>,
+    consumer: String,
+    hist: &mut hdrhistogram::Histogram<u64>,
+    tally: &Tally,
+) {
+    let t = Instant::now();
+    let r = sched
+        .release(pb::ReleaseRequest {
+            consumer_uuid: consumer,
+        })
+        .await;
+    report::record(hist, t.elapsed());
+    match r {
+        Ok(_) => {
+            tally.releases.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => tally.record_error("Release", &e),
+    }
 }
