@@ -331,48 +331,55 @@ pub fn expect_status<T: std::fmt::Debug>(
 
 // ---- The real binary ------------------------------------------------------------------------
 
+/// One built binary per test process: the first caller builds (or finds) it, the others
+/// share the answer, a failure included.
+type BinCell = std::sync::OnceLock<Result<std::path::PathBuf, String>>;
+
+fn cached_binary(
+    cell: &'static BinCell,
+    env_override: &str,
+    package: &str,
+    bin_name: &str,
+    crate_dirs: &[&str],
+) -> std::path::PathBuf {
+    cell.get_or_init(|| build_binary(env_override, package, bin_name, crate_dirs))
+        .clone()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// Path of the `berth-engine` binary, built if needed with the running test's profile;
 /// `BERTH_ENGINE_BIN` overrides it with a prebuilt binary.
 pub fn berth_engine_binary() -> std::path::PathBuf {
-    static BIN: std::sync::OnceLock<Result<std::path::PathBuf, String>> =
-        std::sync::OnceLock::new();
-    BIN.get_or_init(|| {
-        build_binary(
-            "BERTH_ENGINE_BIN",
-            "berth-engine",
-            "berth-engine",
-            &["engine", "proto", "berth.toml"],
-        )
-    })
-    .clone()
-    .unwrap_or_else(|e| panic!("{e}"))
+    static BIN: BinCell = BinCell::new();
+    let dirs = ["engine", "proto", "berth.toml"];
+    cached_binary(
+        &BIN,
+        "BERTH_ENGINE_BIN",
+        "berth-engine",
+        "berth-engine",
+        &dirs,
+    )
 }
 
 /// Path of the `berth-node` compute-node binary, built if needed with the running test's
 /// profile; `BERTH_NODE_BIN` overrides it with a prebuilt binary.
 pub fn berth_node_binary() -> std::path::PathBuf {
-    static BIN: std::sync::OnceLock<Result<std::path::PathBuf, String>> =
-        std::sync::OnceLock::new();
-    BIN.get_or_init(|| {
-        build_binary(
-            "BERTH_NODE_BIN",
-            "berth-node",
-            "berth-node",
-            &["compute-node", "proto"],
-        )
-    })
-    .clone()
-    .unwrap_or_else(|e| panic!("{e}"))
+    static BIN: BinCell = BinCell::new();
+    let dirs = ["compute-node", "proto"];
+    cached_binary(&BIN, "BERTH_NODE_BIN", "berth-node", "berth-node", &dirs)
 }
 
 /// Path of the `berth` CLI binary, built if needed with the running test's profile;
 /// `BERTH_CLI_BIN` overrides it with a prebuilt binary.
 pub fn berth_cli_binary() -> std::path::PathBuf {
-    static BIN: std::sync::OnceLock<Result<std::path::PathBuf, String>> =
-        std::sync::OnceLock::new();
-    BIN.get_or_init(|| build_binary("BERTH_CLI_BIN", "berth-cli", "berth", &["cli", "proto"]))
-        .clone()
-        .unwrap_or_else(|e| panic!("{e}"))
+    static BIN: BinCell = BinCell::new();
+    cached_binary(
+        &BIN,
+        "BERTH_CLI_BIN",
+        "berth-cli",
+        "berth",
+        &["cli", "proto"],
+    )
 }
 
 /// How the `*_binary` functions find a workspace binary: built with the same profile as the

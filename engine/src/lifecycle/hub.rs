@@ -490,12 +490,7 @@ impl NodeHub {
             hypervisor_type: changed(&info.hypervisor_type, &reg.hypervisor_type),
             hypervisor_version: changed(&info.hypervisor_version, &reg.hypervisor_version),
         };
-        if update.availability_zone.is_some()
-            || update.capabilities.is_some()
-            || update.arch.is_some()
-            || update.hypervisor_type.is_some()
-            || update.hypervisor_version.is_some()
-        {
+        if !update.is_empty() {
             self.engine.update_provider(&uuid, None, update)?;
         }
 

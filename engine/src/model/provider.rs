@@ -90,6 +90,18 @@ pub struct ProviderUpdate {
     pub hypervisor_version: Option<String>,
 }
 
+impl ProviderUpdate {
+    /// True when it changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.name.is_none()
+            && self.availability_zone.is_none()
+            && self.capabilities.is_none()
+            && self.arch.is_none()
+            && self.hypervisor_type.is_none()
+            && self.hypervisor_version.is_none()
+    }
+}
+
 /// Usage of one class on one provider.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProviderUsage {
