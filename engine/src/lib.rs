@@ -10,10 +10,12 @@
 //! - [`lifecycle`]: servers and compute nodes — the conductor (create with retries, the
 //!   actions, moves, evacuation) and the node hub (registration, heartbeats, dispatch).
 //! - [`api`]: the gRPC services (tonic), the request-id layer and the server assembly.
+//! - [`auth`]: tokens, roles, the policy table, the authentication layer and TLS.
 //! - [`config`]: every knob and its default.
 //! - [`error`]: the one error type, with a stable code per variant.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod intern;
