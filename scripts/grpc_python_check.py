@@ -12,11 +12,14 @@ message_factory), and the calls are made on a plain grpc channel. Checks:
 - Scheduler/SelectDestinations places two instances on them (selections checked);
 - a request no host can take fails with RESOURCE_EXHAUSTED whose grpc-status-details-bin
   decodes as berth.v1.NoValidHostDetail;
-- an x-request-id sent in metadata comes back in the response metadata.
+- an x-request-id sent in metadata comes back in the response metadata;
+- a call without the bearer token fails with UNAUTHENTICATED (reflection needs none).
 
-Usage: grpc_python_check.py HOST:PORT   (exit status 0 and a final "OK" line on success)
+Usage: BERTH_TOKEN=... grpc_python_check.py HOST:PORT   (exit status 0 and a final "OK"
+line on success; BERTH_TOKEN is an admin token, e.g. the engine's <data-dir>/admin.token)
 """
 
+import os
 import sys
 import uuid
 
@@ -25,6 +28,9 @@ from google.protobuf import descriptor_pool, message_factory
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
+
+# Every berth.v1 call carries the token; reflection and health need none.
+AUTH = (("authorization", "Bearer " + os.environ.get("BERTH_TOKEN", "").strip()),)
 
 BERTH_SERVICES = {"berth.v1.Placement", "berth.v1.Scheduler", "berth.v1.Catalog"}
 
@@ -96,7 +102,7 @@ def main():
                 inv = req.inventories.add()
                 inv.resource_class = cls
                 inv.total = total
-            resp = create(req, timeout=10)
+            resp = create(req, timeout=10, metadata=AUTH)
             p = resp.provider
             check(p.name == req.name, f"created provider is named {p.name!r}")
             check(str(uuid.UUID(p.uuid)) == p.uuid, f"provider uuid {p.uuid!r} is not canonical")
@@ -126,7 +132,7 @@ def main():
             a.resource_class = cls
             a.amount = amount
         resp, call = select.with_call(
-            req, timeout=10, metadata=(("x-request-id", f"py-{suffix}"),)
+            req, timeout=10, metadata=AUTH + (("x-request-id", f"py-{suffix}"),)
         )
         sels = list(resp.selections)
         check(len(sels) == 2, f"{len(sels)} selections for 2 instances")
@@ -146,7 +152,7 @@ def main():
         usages, UsagesReq, _ = r.method("berth.v1.Placement", "GetProviderUsages")
         used = 0
         for host in hosts:
-            u = usages(UsagesReq(uuid=host), timeout=10)
+            u = usages(UsagesReq(uuid=host), timeout=10, metadata=AUTH)
             used += sum(x.used for x in u.usages if x.resource_class == "VCPU")
         check(used == 4, f"{used} VCPU used after two claims of 2")
 
@@ -157,7 +163,7 @@ def main():
         a.resource_class = "MEMORY_MB"
         a.amount = 1 << 30
         try:
-            select(req, timeout=10)
+            select(req, timeout=10, metadata=AUTH)
             fail("an impossible request was placed")
         except grpc.RpcError as e:
             check(e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, f"code {e.code()}")
@@ -172,6 +178,14 @@ def main():
                 all(x.filter in e.details() for x in d.rejections),
                 f"rejections {list(d.rejections)} vs message {e.details()!r}",
             )
+
+        # ---- No token: UNAUTHENTICATED, saying what to send ----
+        try:
+            select(req, timeout=10)
+            fail("a call without a token was answered")
+        except grpc.RpcError as e:
+            check(e.code() == grpc.StatusCode.UNAUTHENTICATED, f"code {e.code()} without a token")
+            check("Bearer" in e.details(), f"message {e.details()!r}")
 
     print(
         f"grpc_python_check: OK ({len(services)} services via reflection, "

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checks that a client in another language can use berth-engine knowing nothing but its
-# address: starts the engine on a free loopback port, then runs grpc_python_check.py, which
-# builds every message from gRPC server reflection and calls Placement and Scheduler.
+# address and a token: starts the engine on a free loopback port (its data directory, with
+# the admin token it writes, in a temporary directory), then runs grpc_python_check.py,
+# which builds every message from gRPC server reflection and calls Placement and Scheduler.
 #
 # The Python packages (grpcio, grpcio-reflection, protobuf, from PyPI) go into a venv that
 # is kept between runs, under the cargo target dir by default.
@@ -39,13 +40,20 @@ py=$venv/bin/python
 port=$("$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 addr=127.0.0.1:$port
 log=$(mktemp)
-"$bin" serve --listen "$addr" --metrics-listen "" --log info >"$log" 2>&1 &
+data=$(mktemp -d)
+"$bin" serve --listen "$addr" --metrics-listen "" --log info --data-dir "$data" >"$log" 2>&1 &
 pid=$!
 cleanup() {
   if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
-  rm -f "$log"
+  rm -rf "$log" "$data"
 }
 trap cleanup EXIT
+
+# The engine writes its admin token at start.
+for _ in $(seq 200); do [ -s "$data/admin.token" ] && break; sleep 0.1; done
+[ -s "$data/admin.token" ] || { echo "grpc_python_check: no $data/admin.token" >&2; cat "$log" >&2; exit 1; }
+BERTH_TOKEN=$(cat "$data/admin.token")
+export BERTH_TOKEN
 
 # The Python side waits for the channel to be ready (20 s at most).
 if ! "$py" scripts/grpc_python_check.py "$addr"; then

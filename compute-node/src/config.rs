@@ -14,6 +14,7 @@ use std::time::Duration;
 use clap::Parser;
 use serde::Deserialize;
 
+use crate::agent::Credentials;
 use crate::error::NodeError;
 use crate::inventory::ResourcePolicy;
 use crate::libvirt::DEFAULT_URI;
@@ -178,6 +179,25 @@ pub struct Settings {
     /// [default: 0].
     #[arg(long, env = "BERTH_NODE_FAIL_SPAWNS")]
     pub fail_spawns: Option<u32>,
+    /// Bearer token for the engine: a node token for this node's name
+    /// (berth-engine token issue --role node --subject NAME). Prefer --token-file or the
+    /// environment: a flag shows in `ps`.
+    #[arg(long, env = "BERTH_NODE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// File holding the bearer token (its first line).
+    #[arg(long, env = "BERTH_NODE_TOKEN_FILE", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
+    /// CA certificate (PEM) that signed the engine's certificate; needed for an https://
+    /// engine (berth-engine cert init writes ca.pem).
+    #[arg(long, env = "BERTH_NODE_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+    /// This node's client certificate (PEM), for an engine that requires node certificates;
+    /// its common name must be the node's --name.
+    #[arg(long, env = "BERTH_NODE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(long, env = "BERTH_NODE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Settings {
@@ -229,6 +249,11 @@ impl Settings {
             disk_gb: self.disk_gb.or(lower.disk_gb),
             log: self.log.or(lower.log),
             fail_spawns: self.fail_spawns.or(lower.fail_spawns),
+            token: self.token.or(lower.token),
+            token_file: self.token_file.or(lower.token_file),
+            ca_cert: self.ca_cert.or(lower.ca_cert),
+            tls_cert: self.tls_cert.or(lower.tls_cert),
+            tls_key: self.tls_key.or(lower.tls_key),
         }
     }
 }
@@ -287,6 +312,8 @@ pub struct NodeConfig {
     pub log: String,
     /// Testing: how many spawns fail with a driver error before spawns work (0: none).
     pub fail_spawns: u32,
+    /// Token and TLS material, read from their files.
+    pub credentials: Credentials,
 }
 
 impl NodeConfig {
@@ -443,8 +470,45 @@ impl NodeConfig {
             disk,
             log: s.log.unwrap_or_else(|| "info".into()),
             fail_spawns: s.fail_spawns.unwrap_or(0),
+            credentials: credentials(&s.token, &s.token_file, &s.ca_cert, &s.tls_cert, &s.tls_key)?,
         })
     }
+}
+
+/// Reads the token and TLS files; errors name the setting and the file.
+fn credentials(
+    token: &Option<String>,
+    token_file: &Option<PathBuf>,
+    ca_cert: &Option<PathBuf>,
+    tls_cert: &Option<PathBuf>,
+    tls_key: &Option<PathBuf>,
+) -> Result<Credentials, NodeError> {
+    let read = |key: &str, p: &Path| {
+        std::fs::read(p).map_err(|e| config(format!("{key} {}: {e}", p.display())))
+    };
+    let token = match (token, token_file) {
+        (Some(_), Some(_)) => return Err(config("token and token_file both given: use one")),
+        (Some(t), None) => Some(t.trim().to_string()),
+        (None, Some(p)) => {
+            let text = String::from_utf8(read("token_file", p)?)
+                .map_err(|_| config(format!("token_file {}: not text", p.display())))?;
+            Some(text.lines().next().unwrap_or_default().trim().to_string())
+        }
+        (None, None) => None,
+    };
+    if token.as_deref() == Some("") {
+        return Err(config("token: empty"));
+    }
+    let identity = match (tls_cert, tls_key) {
+        (Some(c), Some(k)) => Some((read("tls_cert", c)?, read("tls_key", k)?)),
+        (None, None) => None,
+        _ => return Err(config("tls_cert and tls_key go together: give both")),
+    };
+    Ok(Credentials {
+        token,
+        ca_cert: ca_cert.as_deref().map(|p| read("ca_cert", p)).transpose()?,
+        identity,
+    })
 }
 
 fn config(msg: impl Into<String>) -> NodeError {
@@ -776,6 +840,50 @@ mod tests {
         let c = resolve(parse(&["--trait", "CUSTOM_A", "--trait", "CUSTOM_A"]).settings).unwrap();
         assert_eq!(c.traits, ["CUSTOM_A"]);
         assert_eq!(file_safe("a/b c.d"), "a_b_c.d");
+    }
+
+    #[test]
+    fn credentials_are_read_from_their_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let tok = dir.path().join("node.token");
+        std::fs::write(&tok, "abc.def.ghi\n").unwrap();
+        let pem = dir.path().join("x.pem");
+        std::fs::write(&pem, "-----BEGIN CERTIFICATE-----\n").unwrap();
+        let path = |p: &Path| p.display().to_string();
+        let c = resolve(
+            parse(&[
+                "--token-file",
+                &path(&tok),
+                "--ca-cert",
+                &path(&pem),
+                "--tls-cert",
+                &path(&pem),
+                "--tls-key",
+                &path(&pem),
+            ])
+            .settings,
+        )
+        .unwrap();
+        assert_eq!(c.credentials.token.as_deref(), Some("abc.def.ghi"));
+        assert!(c.credentials.ca_cert.is_some() && c.credentials.identity.is_some());
+        assert!(
+            !format!("{:?}", c.credentials).contains("abc.def"),
+            "the token never shows in Debug"
+        );
+        let missing = dir.path().join("missing.pem");
+        let e = resolve(parse(&["--ca-cert", &path(&missing)]).settings).unwrap_err();
+        assert!(
+            e.to_string().contains("ca_cert") && e.to_string().contains("missing.pem"),
+            "{e}"
+        );
+        let s = Settings {
+            tls_cert: Some(pem.clone()),
+            ..Settings::default()
+        };
+        assert!(resolve(s).unwrap_err().to_string().contains("tls_key"));
+        std::fs::write(&tok, "\n").unwrap();
+        let e = resolve(parse(&["--token-file", &path(&tok)]).settings).unwrap_err();
+        assert!(e.to_string().contains("token"), "{e}");
     }
 
     #[test]

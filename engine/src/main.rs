@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_engine::Engine;
 use berth_engine::api::{self, BerthConfig};
+use berth_engine::{Engine, auth};
 use clap::{Parser, Subcommand};
 
 // mimalloc instead of glibc malloc: a gRPC call allocates dozens of small buffers (headers,
@@ -47,9 +47,17 @@ enum Command {
         /// Provider shards (power of two; 0 = 4 × cores).
         #[arg(long, env = "BERTH_SHARDS")]
         shards: Option<usize>,
+        #[command(flatten)]
+        security: auth::cli::SecurityArgs,
     },
     /// Print the default configuration as TOML.
     DefaultConfig,
+    /// Bearer tokens for callers (see `token issue --help`).
+    #[command(subcommand)]
+    Token(auth::cli::TokenCommand),
+    /// Certificates for TLS and node mTLS (see `cert init --help`).
+    #[command(subcommand)]
+    Cert(auth::cli::CertCommand),
 }
 
 fn main() -> ExitCode {
@@ -59,12 +67,15 @@ fn main() -> ExitCode {
             print!("{}", include_str!("../../berth.toml"));
             ExitCode::SUCCESS
         }
+        Command::Token(cmd) => done(auth::cli::run_token(cmd)),
+        Command::Cert(cmd) => done(auth::cli::run_cert(cmd)),
         Command::Serve {
             config,
             listen,
             metrics_listen,
             log,
             shards,
+            security,
         } => {
             let mut cfg = match &config {
                 Some(path) => match std::fs::read_to_string(path) {
@@ -88,6 +99,7 @@ fn main() -> ExitCode {
             if let Some(v) = shards {
                 cfg.engine.shards = v;
             }
+            security.apply(&mut cfg.server);
             init_logging(&cfg.server.log);
             match serve(cfg) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -95,6 +107,10 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn done(r: Result<(), String>) -> ExitCode {
+    r.map_or_else(|e| fail(&e), |()| ExitCode::SUCCESS)
 }
 
 fn fail(msg: &str) -> ExitCode {

@@ -1,6 +1,10 @@
 //! Helpers for the integration tests in tests/tests/: start the real gRPC server in-process
 //! on a loopback port, connect the clients, build common requests, and check statuses.
 //!
+//! The server runs as it does by default: with authentication on, its token key and admin
+//! token in a temporary data directory. The clients send that admin token ([`AuthChannel`]);
+//! [`TestServer::token`] issues others (roles, projects, nodes).
+//!
 //! ```no_run
 //! # async fn demo() {
 //! let server = berth_tests::TestServer::start().await;
@@ -11,10 +15,12 @@
 //! ```
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use berth_engine::api::ServerConfig;
+use berth_engine::auth::{Role, TokenSpec};
 use berth_engine::lifecycle::ComputeConfig;
 use berth_engine::{Engine, EngineConfig};
 use berth_proto::v1 as pb;
@@ -24,6 +30,9 @@ use berth_proto::v1::scheduler_client::SchedulerClient;
 use berth_proto::v1::servers_client::ServersClient;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tonic::metadata::AsciiMetadataValue;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 use tonic_health::pb::health_client::HealthClient;
@@ -36,6 +45,36 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 /// The result of the server task.
 pub type ServeResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
+/// A channel that sends a bearer token with every call.
+pub type AuthChannel = InterceptedService<Channel, Bearer>;
+
+/// Adds `authorization: Bearer <token>` to every request.
+#[derive(Clone, Debug)]
+pub struct Bearer(AsciiMetadataValue);
+
+impl Bearer {
+    /// The interceptor for `token`.
+    pub fn new(token: &str) -> Self {
+        Self(
+            format!("Bearer {token}")
+                .parse()
+                .expect("a token is header-safe"),
+        )
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+/// `channel` sending `token` with every call.
+pub fn with_token(channel: Channel, token: &str) -> AuthChannel {
+    InterceptedService::new(channel, Bearer::new(token))
+}
+
 /// A running in-process server and clients connected to it over loopback TCP.
 ///
 /// Dropping it without [`TestServer::shutdown`] still stops the server (the shutdown
@@ -45,20 +84,26 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// The engine behind the server, for tests that need to peek (they should not need to).
     pub engine: Arc<Engine>,
-    /// One shared HTTP/2 connection; the clients below are clones over it.
+    /// One shared HTTP/2 connection, without a token; the clients below are clones over it
+    /// (with the admin token).
     pub channel: Channel,
-    /// `berth.v1.Placement` client.
-    pub placement: PlacementClient<Channel>,
-    /// `berth.v1.Scheduler` client.
-    pub scheduler: SchedulerClient<Channel>,
-    /// `berth.v1.Catalog` client.
-    pub catalog: CatalogClient<Channel>,
-    /// `berth.v1.Servers` client.
-    pub servers: ServersClient<Channel>,
-    /// `grpc.health.v1.Health` client.
+    /// The admin token the engine wrote to its data directory on start.
+    pub admin_token: String,
+    /// The engine's data directory (a temporary directory, removed on drop).
+    pub data_dir: PathBuf,
+    /// `berth.v1.Placement` client, as admin.
+    pub placement: PlacementClient<AuthChannel>,
+    /// `berth.v1.Scheduler` client, as admin.
+    pub scheduler: SchedulerClient<AuthChannel>,
+    /// `berth.v1.Catalog` client, as admin.
+    pub catalog: CatalogClient<AuthChannel>,
+    /// `berth.v1.Servers` client, as admin.
+    pub servers: ServersClient<AuthChannel>,
+    /// `grpc.health.v1.Health` client (health needs no token).
     pub health: HealthClient<Channel>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<ServeResult>>,
+    _data: tempfile::TempDir,
 }
 
 impl TestServer {
@@ -67,8 +112,9 @@ impl TestServer {
         Self::start_with(EngineConfig::default(), ServerConfig::default()).await
     }
 
-    /// Starts a server with the given configurations (`listen` and `metrics_listen` are
-    /// ignored: the server always gets a fresh 127.0.0.1 port and no metrics exporter).
+    /// Starts a server with the given configurations (`listen`, `metrics_listen` and
+    /// `data_dir` are ignored: the server always gets a fresh 127.0.0.1 port, no metrics
+    /// exporter and a fresh temporary data directory).
     pub async fn start_with(engine: EngineConfig, server: ServerConfig) -> Self {
         Self::start_full(engine, server, ComputeConfig::default()).await
     }
@@ -79,6 +125,20 @@ impl TestServer {
         server: ServerConfig,
         compute: ComputeConfig,
     ) -> Self {
+        let data = tempfile::tempdir().expect("a temporary data directory");
+        let server = ServerConfig {
+            data_dir: data.path().to_path_buf(),
+            ..server
+        };
+        // What the engine does on its first start, done here so that the admin token is
+        // there before the first call (the serve task may not have run yet); the engine
+        // then finds and keeps both. Under `insecure` there is none, and none is needed.
+        if !server.insecure {
+            let (key, _) = berth_engine::auth::files::load_key(data.path(), true)
+                .expect("a token key in the data directory");
+            berth_engine::auth::files::ensure_admin_token(data.path(), &key)
+                .expect("an admin token in the data directory");
+        }
         let engine = Arc::new(Engine::new(engine).expect("engine configuration is valid"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -99,25 +159,57 @@ impl TestServer {
             .await
             .expect("server accepts a connection before the deadline")
             .expect("connect to the test server");
+        let admin_token = std::fs::read_to_string(data.path().join("admin.token"))
+            .map(|t| t.trim().to_string())
+            .unwrap_or_default();
+        let authed = with_token(channel.clone(), &admin_token);
         Self {
             addr,
             engine,
-            placement: PlacementClient::new(channel.clone()),
-            scheduler: SchedulerClient::new(channel.clone()),
-            catalog: CatalogClient::new(channel.clone()),
-            servers: ServersClient::new(channel.clone()),
+            placement: PlacementClient::new(authed.clone()),
+            scheduler: SchedulerClient::new(authed.clone()),
+            catalog: CatalogClient::new(authed.clone()),
+            servers: ServersClient::new(authed),
             health: HealthClient::new(channel.clone()),
             channel,
+            admin_token,
+            data_dir: data.path().to_path_buf(),
             shutdown: Some(tx),
             task: Some(task),
+            _data: data,
         }
     }
 
-    /// A new, separate HTTP/2 connection to the server (for tests that want many).
-    pub async fn connect(&self) -> Channel {
-        connect(self.addr)
+    /// A new, separate HTTP/2 connection to the server (for tests that want many), sending
+    /// the admin token.
+    pub async fn connect(&self) -> AuthChannel {
+        let channel = connect(self.addr)
             .await
-            .expect("connect to the test server")
+            .expect("connect to the test server");
+        with_token(channel, &self.admin_token)
+    }
+
+    /// A token signed with the server's key (read from its data directory).
+    pub fn token(&self, roles: &[Role], project: &str, subject: &str, ttl: Duration) -> String {
+        let (key, _) = berth_engine::auth::files::load_key(&self.data_dir, false)
+            .expect("the server's token key");
+        key.issue(&TokenSpec {
+            subject: subject.into(),
+            project: project.into(),
+            roles: roles.to_vec(),
+            ttl,
+        })
+        .expect("a valid token spec")
+    }
+
+    /// A one-hour `node` token for the node called `name`.
+    pub fn node_token(&self, name: &str) -> String {
+        self.token(&[Role::Node], "", name, Duration::from_secs(3600))
+    }
+
+    /// The shared connection with `token` (for clients acting as someone else).
+    pub fn as_token(&self, token: &str) -> AuthChannel {
+        with_token(self.channel.clone(), token)
     }
 
     /// Sends the shutdown signal without waiting for the server to stop (see
@@ -203,7 +295,7 @@ pub fn provider_request(
 
 /// Creates a provider and returns it, panicking with the status on failure.
 pub async fn create_provider(
-    client: &mut PlacementClient<Channel>,
+    client: &mut PlacementClient<AuthChannel>,
     req: pb::CreateResourceProviderRequest,
 ) -> pb::ResourceProvider {
     let name = req.name.clone();
@@ -235,7 +327,7 @@ pub fn new_uuid() -> String {
 
 /// `GetResourceProvider`, panicking on failure.
 pub async fn get_provider(
-    client: &mut PlacementClient<Channel>,
+    client: &mut PlacementClient<AuthChannel>,
     uuid: &str,
 ) -> pb::ResourceProvider {
     client
@@ -249,7 +341,7 @@ pub async fn get_provider(
 
 /// `GetProviderUsages`, panicking on failure.
 pub async fn provider_usages(
-    client: &mut PlacementClient<Channel>,
+    client: &mut PlacementClient<AuthChannel>,
     uuid: &str,
 ) -> pb::GetProviderUsagesResponse {
     client
@@ -261,7 +353,7 @@ pub async fn provider_usages(
 
 /// `GetAllocations`, panicking on failure.
 pub async fn allocations(
-    client: &mut PlacementClient<Channel>,
+    client: &mut PlacementClient<AuthChannel>,
     consumer: &str,
 ) -> pb::GetAllocationsResponse {
     client
@@ -275,7 +367,7 @@ pub async fn allocations(
 
 /// `GetProjectUsages` for a whole project, panicking on failure.
 pub async fn project_usages(
-    client: &mut PlacementClient<Channel>,
+    client: &mut PlacementClient<AuthChannel>,
     project: &str,
 ) -> pb::GetProjectUsagesResponse {
     client

@@ -22,7 +22,6 @@ use berth_tests::v1 as pb;
 use berth_tests::*;
 use pb::server_action_request::Action;
 use tonic::Code;
-use tonic::transport::Channel;
 
 /// Heartbeat interval of the test nodes; the engine's `down_after` is three of them.
 const HEARTBEAT: &str = "0.2";
@@ -66,6 +65,8 @@ impl Node {
             "0.5",
             "--log",
             "info",
+            "--token",
+            &server.node_token(name),
         ]
         .iter()
         .map(|s| s.to_string())
@@ -223,7 +224,7 @@ fn create_req(name: &str, count: u32) -> pb::CreateServerRequest {
 }
 
 async fn create(
-    servers: &mut ServersClient<Channel>,
+    servers: &mut ServersClient<AuthChannel>,
     req: pb::CreateServerRequest,
 ) -> Vec<pb::Server> {
     let name = req.name.clone();
@@ -235,7 +236,7 @@ async fn create(
         .servers
 }
 
-async fn get(servers: &mut ServersClient<Channel>, uuid: &str) -> pb::Server {
+async fn get(servers: &mut ServersClient<AuthChannel>, uuid: &str) -> pb::Server {
     servers
         .get_server(pb::GetServerRequest { uuid: uuid.into() })
         .await
@@ -246,7 +247,7 @@ async fn get(servers: &mut ServersClient<Channel>, uuid: &str) -> pb::Server {
 }
 
 async fn act(
-    servers: &mut ServersClient<Channel>,
+    servers: &mut ServersClient<AuthChannel>,
     uuid: &str,
     request_id: &str,
     action: Action,
@@ -263,7 +264,7 @@ async fn act(
 
 /// Runs `action` and checks the server ends idle in `state` with `power` (empty: no domain).
 async fn step(
-    servers: &mut ServersClient<Channel>,
+    servers: &mut ServersClient<AuthChannel>,
     uuid: &str,
     label: &str,
     action: Action,

@@ -308,7 +308,7 @@ async fn providers_create_get_list_update_delete() {
 
 /// Lists every page of `req` with `page_size`, checking the tokens as it goes.
 async fn list_all(
-    p: &mut berth_proto::v1::placement_client::PlacementClient<tonic::transport::Channel>,
+    p: &mut berth_proto::v1::placement_client::PlacementClient<berth_tests::AuthChannel>,
     mut req: pb::ListResourceProvidersRequest,
     page_size: u32,
 ) -> Vec<pb::ResourceProvider> {

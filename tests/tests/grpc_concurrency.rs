@@ -40,13 +40,14 @@ struct ClientReport {
 
 async fn client(
     server_addr: std::net::SocketAddr,
+    token: String,
     id: usize,
     group: String,
 ) -> Result<ClientReport, String> {
     let channel = connect(server_addr)
         .await
         .map_err(|e| format!("client {id}: connect: {e}"))?;
-    let mut s = SchedulerClient::new(channel);
+    let mut s = SchedulerClient::new(with_token(channel, &token));
     let mut report = ClientReport::default();
     let in_group = id.is_multiple_of(4);
     let count = if id % 8 == 1 { 2 } else { 1 };
@@ -139,7 +140,12 @@ async fn concurrent_claims_never_overcommit() {
 
     let mut tasks = tokio::task::JoinSet::new();
     for id in 0..CLIENTS {
-        tasks.spawn(client(server.addr, id, group.clone()));
+        tasks.spawn(client(
+            server.addr,
+            server.admin_token.clone(),
+            id,
+            group.clone(),
+        ));
     }
     let reports = tokio::time::timeout(Duration::from_secs(60), async {
         let mut out = Vec::new();

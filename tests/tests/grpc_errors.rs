@@ -13,7 +13,6 @@ use berth_tests::v1 as pb;
 use berth_tests::*;
 use prost::Message as _;
 use tonic::Code;
-use tonic::transport::Channel;
 
 /// Everything a client can observe, read through the API.
 #[derive(Debug, PartialEq)]
@@ -32,9 +31,9 @@ struct Snapshot {
 /// A small cloud with a placed consumer, a group, a flavor and an image.
 struct World {
     server: TestServer,
-    p: PlacementClient<Channel>,
-    s: SchedulerClient<Channel>,
-    c: CatalogClient<Channel>,
+    p: PlacementClient<AuthChannel>,
+    s: SchedulerClient<AuthChannel>,
+    c: CatalogClient<AuthChannel>,
     h1: pb::ResourceProvider,
     h2: pb::ResourceProvider,
     empty: pb::ResourceProvider,

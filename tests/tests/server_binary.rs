@@ -22,12 +22,18 @@ struct Proc {
     child: Child,
     output: Arc<Mutex<String>>,
     readers: Vec<JoinHandle<()>>,
+    /// Its data directory (token key, admin token).
+    data: tempfile::TempDir,
 }
 
 impl Proc {
+    /// Spawns `berth-engine ARGS --data-dir <a fresh temporary directory>`.
     fn spawn(args: &[&str]) -> Self {
+        let data = tempfile::tempdir().expect("a data directory");
         let mut cmd = Command::new(berth_engine_binary());
         cmd.args(args)
+            .arg("--data-dir")
+            .arg(data.path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -38,6 +44,11 @@ impl Proc {
             "BERTH_METRICS_LISTEN",
             "BERTH_LOG",
             "BERTH_SHARDS",
+            "BERTH_DATA_DIR",
+            "BERTH_INSECURE",
+            "BERTH_TLS_CERT",
+            "BERTH_TLS_KEY",
+            "BERTH_TLS_CLIENT_CA",
             "RUST_LOG",
         ] {
             cmd.env_remove(var);
@@ -68,7 +79,23 @@ impl Proc {
             child,
             output,
             readers,
+            data,
         }
+    }
+
+    /// The admin token the engine wrote on its first start, which must be private.
+    fn admin_token(&self) -> String {
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = self.data.path().join("admin.token");
+        let mode = std::fs::metadata(&path)
+            .expect("admin.token written at start")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "admin.token mode {mode:o}");
+        std::fs::read_to_string(&path)
+            .expect("read admin.token")
+            .trim()
+            .to_string()
     }
 
     fn output(&self) -> String {
@@ -184,9 +211,9 @@ async fn binary_serves_and_stops_gracefully_on_sigterm() {
         "--log",
         "info",
     ]);
-    let ch = wait_serving(&mut proc, addr).await;
+    let ch = with_token(wait_serving(&mut proc, addr).await, &proc.admin_token());
 
-    // It does real work.
+    // It does real work, with the admin token it wrote.
     let mut p = PlacementClient::new(ch.clone());
     let host = create_provider(
         &mut p,

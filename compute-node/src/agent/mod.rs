@@ -35,7 +35,7 @@ use berth_proto::v1::nodes_client::NodesClient;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 use tracing::Instrument as _;
 
 use crate::config::NodeConfig;
@@ -59,7 +59,7 @@ const OUTBOUND_QUEUE: usize = 64;
 /// literal in the load harness and tests).
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentConfig {
-    /// Engine gRPC endpoint, an `http://` URL.
+    /// Engine gRPC endpoint, an `http://` or (with `credentials.ca_cert`) `https://` URL.
     pub engine: String,
     /// Resource-provider name.
     pub name: String,
@@ -80,6 +80,32 @@ pub struct AgentConfig {
     /// How long the engine may take to answer `Register` before the attempt counts as
     /// failed.
     pub register_timeout: Duration,
+    /// How the node proves who it is and checks the engine's certificate.
+    pub credentials: Credentials,
+}
+
+/// How a node authenticates to the engine: a client certificate over TLS (when the engine
+/// requires node certificates; the certificate's name is the node's), or a bearer token (a
+/// `node` token for this node's name, from `berth-engine token issue --role node`).
+#[derive(Clone, Default, PartialEq)]
+pub struct Credentials {
+    /// Sent as `authorization: Bearer <token>` on the stream.
+    pub token: Option<String>,
+    /// PEM of the CA that signed the engine's certificate; needed for an `https://` engine.
+    pub ca_cert: Option<Vec<u8>>,
+    /// PEM certificate and key presented to the engine (mutual TLS).
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token or the key: configurations end up in logs.
+        f.debug_struct("Credentials")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("ca_cert", &self.ca_cert.is_some())
+            .field("identity", &self.identity.is_some())
+            .finish()
+    }
 }
 
 impl AgentConfig {
@@ -98,6 +124,7 @@ impl AgentConfig {
             reconnect_backoff_max: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             register_timeout: Duration::from_secs(30),
+            credentials: Credentials::default(),
         }
     }
 
@@ -110,6 +137,7 @@ impl AgentConfig {
             heartbeat_interval: cfg.heartbeat_interval,
             reconnect_backoff: cfg.reconnect_backoff,
             reconnect_backoff_max: cfg.reconnect_backoff_max,
+            credentials: cfg.credentials.clone(),
             ..Self::new(cfg.engine.clone(), cfg.name.clone())
         }
     }
@@ -144,15 +172,17 @@ impl AgentConfig {
     /// Checks the settings and builds the engine endpoint.
     fn endpoint(&self) -> Result<Endpoint, NodeError> {
         let bad = |msg: String| NodeError::Config(msg);
-        if self.engine.starts_with("https://") {
+        let https = self.engine.starts_with("https://");
+        if !https && !self.engine.starts_with("http://") {
             return Err(bad(format!(
-                "engine {:?}: https needs TLS, which this build does not include; use http://",
+                "engine {:?} must be an http:// or https:// URL",
                 self.engine
             )));
         }
-        if !self.engine.starts_with("http://") {
+        let creds = &self.credentials;
+        if !https && (creds.ca_cert.is_some() || creds.identity.is_some()) {
             return Err(bad(format!(
-                "engine {:?} must be an http:// URL",
+                "engine {:?}: ca_cert, tls_cert and tls_key are for TLS; use an https:// URL",
                 self.engine
             )));
         }
@@ -168,8 +198,23 @@ impl AgentConfig {
                 self.reconnect_backoff, self.reconnect_backoff_max
             )));
         }
-        let endpoint = Endpoint::from_shared(self.engine.clone())
+        let mut endpoint = Endpoint::from_shared(self.engine.clone())
             .map_err(|e| bad(format!("engine {:?}: {e}", self.engine)))?;
+        if https {
+            let ca = creds.ca_cert.as_ref().ok_or_else(|| {
+                bad(format!(
+                    "engine {:?}: https (TLS) needs the CA that signed the engine's certificate (ca_cert, --ca-cert)",
+                    self.engine
+                ))
+            })?;
+            let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+            if let Some((cert, key)) = &creds.identity {
+                tls = tls.identity(Identity::from_pem(cert, key));
+            }
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| bad(format!("engine {:?}: TLS settings: {e}", self.engine)))?;
+        }
         Ok(endpoint
             .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true)
@@ -200,10 +245,17 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), NodeError> {
     let endpoint = config.endpoint()?;
+    let authorization = match &config.credentials.token {
+        Some(t) => Some(format!("Bearer {}", t.trim()).parse().map_err(|_| {
+            NodeError::Config("token: not a token (characters a header cannot carry)".into())
+        })?),
+        None => None,
+    };
     let span = tracing::info_span!("agent", node = %config.name);
     let agent = Agent {
         config: Arc::new(config),
         endpoint,
+        authorization,
         executor: Executor::new(Arc::clone(&hypervisor)),
         hypervisor,
     };
@@ -214,6 +266,8 @@ pub async fn run(
 struct Agent {
     config: Arc<AgentConfig>,
     endpoint: Endpoint,
+    /// `Bearer <token>`, sent when opening each stream.
+    authorization: Option<tonic::metadata::AsciiMetadataValue>,
     hypervisor: Arc<dyn Hypervisor>,
     /// Outlives connections, so actions on one instance stay ordered across reconnects.
     executor: Executor,
@@ -327,10 +381,11 @@ impl Agent {
         });
         let mut client = NodesClient::new(channel);
         let handshake = async {
-            let mut inbound = client
-                .connect(ReceiverStream::new(outbound_rx))
-                .await?
-                .into_inner();
+            let mut request = tonic::Request::new(ReceiverStream::new(outbound_rx));
+            if let Some(v) = &self.authorization {
+                request.metadata_mut().insert("authorization", v.clone());
+            }
+            let mut inbound = client.connect(request).await?.into_inner();
             match inbound.message().await? {
                 Some(pb::EngineMessage {
                     body: Some(pb::engine_message::Body::Registered(registered)),

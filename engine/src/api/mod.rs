@@ -42,6 +42,18 @@ pub struct ServerConfig {
     pub log: String,
     /// How long shutdown waits for in-flight calls, in seconds.
     pub shutdown_grace_seconds: u64,
+    /// Data directory: the token signing key (`token.key`) and an admin token
+    /// (`admin.token`), both mode 0600, are kept here.
+    pub data_dir: std::path::PathBuf,
+    /// No authentication and no TLS; refused on a non-loopback address.
+    pub insecure: bool,
+    /// TLS certificate of the listener (PEM); empty serves plain text (loopback only).
+    pub tls_cert: String,
+    /// TLS key of the listener (PEM).
+    pub tls_key: String,
+    /// CA of node certificates (PEM): when set, compute nodes must present a certificate
+    /// it signed, and may register only under the certificate's name.
+    pub tls_client_ca: String,
 }
 
 impl Default for ServerConfig {
@@ -52,6 +64,11 @@ impl Default for ServerConfig {
             max_message_bytes: 4 * 1024 * 1024,
             log: "info".into(),
             shutdown_grace_seconds: 30,
+            data_dir: "./berth-data".into(),
+            insecure: false,
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            tls_client_ca: String::new(),
         }
     }
 }
@@ -66,6 +83,19 @@ pub struct BerthConfig {
     pub engine: EngineConfig,
     /// Compute nodes and the instance lifecycle.
     pub compute: crate::lifecycle::ComputeConfig,
+}
+
+impl ServerConfig {
+    /// The security settings among these.
+    pub fn security(&self) -> crate::auth::SecuritySettings<'_> {
+        crate::auth::SecuritySettings {
+            data_dir: &self.data_dir,
+            insecure: self.insecure,
+            tls_cert: &self.tls_cert,
+            tls_key: &self.tls_key,
+            tls_client_ca: &self.tls_client_ca,
+        }
+    }
 }
 
 impl BerthConfig {
@@ -176,12 +206,20 @@ pub async fn serve(
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
     let addr = listener.local_addr()?;
+    let security = crate::auth::Security::prepare(&config.security(), addr)?;
     // Small request/response messages: without TCP_NODELAY, Nagle plus delayed ACKs add
     // ~40 ms to a call. The builder's tcp_nodelay does not reach a custom incoming stream.
     let incoming = tonic::transport::server::TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(Duration::from_secs(60)));
-    tracing::info!(%addr, providers = engine.provider_count(), shards = engine.shard_count(), "berth-engine serving gRPC");
+    tracing::info!(%addr, providers = engine.provider_count(), shards = engine.shard_count(), tls = security.tls.is_some(), auth = security.authenticator.enforced(), "berth-engine serving gRPC");
+    match &security.admin_token {
+        Some(p) if security.admin_token_written => {
+            tracing::info!("wrote an admin token to {} (the berth CLI reads it)", p.display());
+        }
+        Some(_) => {}
+        None => tracing::warn!("--insecure: no authentication, every caller is an admin"),
+    }
     let reporter = health_reporter.clone();
     let node_hub = hub.clone();
     let shutdown = async move {
@@ -204,9 +242,14 @@ pub async fn serve(
             .set_not_serving::<NodesServer<nodes::NodesApi>>()
             .await;
     };
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = security.tls {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
         .tcp_nodelay(true)
         .layer(layer::RequestIdLayer)
+        .layer(crate::auth::AuthLayer::new(security.authenticator))
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -2,6 +2,7 @@
 //!
 //! - [`token`]: signed bearer tokens (HS256 over a random 32-byte key kept in
 //!   `<data-dir>/token.key`) carrying subject, project, roles and expiry; `ttl` parsing.
+//! - [`cli`]: `serve`'s security flags, `berth-engine token issue` and `cert init`.
 //! - [`files`]: the data directory's secrets (`token.key`, `admin.token`), written mode 0600.
 //! - [`policy`]: the table mapping every gRPC method to the access it needs.
 //! - [`layer`]: the tower layer in front of every service: reads `authorization: Bearer`,
@@ -18,6 +19,7 @@
 //! (another project's objects are NOT_FOUND) is applied by the services with [`Scope`],
 //! since only they see the request's fields.
 
+pub mod cli;
 pub mod files;
 pub mod layer;
 pub mod policy;
