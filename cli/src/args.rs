@@ -18,6 +18,10 @@ Examples:
   berth server create web-1 --flavor m1.small --image ubuntu-24.04
   berth server stop 0b4c7f7e-55a3-4bd4-a8a1-6f0f7c2d9e10
   berth --engine http://10.0.0.5:50051 -o json usage | jq '.[].usages'
+  berth --engine https://engine:50051 --ca-cert pki/ca.pem --token \"$(cat member.token)\" server list
+
+On the engine's machine the CLI sends the admin token the engine wrote to
+./berth-data/admin.token (--data-dir); elsewhere give --token or BERTH_TOKEN.
 
 Exit status: 0 success, 1 the engine returned an error, 2 bad command line,
 3 the engine could not be reached.";
@@ -65,6 +69,41 @@ pub struct Cli {
         value_parser = clap::value_parser!(u64).range(1..=3600)
     )]
     pub timeout: u64,
+
+    /// Bearer token for the engine (berth-engine token issue prints one). Without it, for an
+    /// engine on this machine, the admin token in <data-dir>/admin.token is used.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "BERTH_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+
+    /// The engine's data directory, where it writes admin.token (read only for an engine on
+    /// this machine, when no --token is given).
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "BERTH_DATA_DIR",
+        default_value = "./berth-data",
+        value_name = "DIR"
+    )]
+    pub data_dir: std::path::PathBuf,
+
+    /// CA certificate (PEM) that signed the engine's certificate, for an https:// engine
+    /// (berth-engine cert init writes ca.pem).
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "BERTH_CA_CERT",
+        value_name = "FILE"
+    )]
+    pub ca_cert: Option<std::path::PathBuf>,
 
     /// What to do.
     #[command(subcommand)]

@@ -12,7 +12,8 @@ use berth_proto::v1::scheduler_client::SchedulerClient;
 use berth_proto::v1::server_action_request::Action;
 use berth_proto::v1::servers_client::ServersClient;
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::{Channel, Endpoint};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
 use crate::args::{
@@ -21,6 +22,7 @@ use crate::args::{
     ServerActionCommand, ServerCommand, ServerCreateArgs, ServerMoveArgs, ServerState,
     ServerTarget, TraitCommand, UsageArgs, check_distinct_classes,
 };
+use crate::auth::{self, AuthChannel, BearerToken, Credentials, TokenSource};
 use crate::error::{CliError, chain, status_line};
 use crate::output::{
     AggregatesView, AllocationView, ConsumerView, DeletedView, EvacuationView, ExplainView,
@@ -36,22 +38,17 @@ const PAGE_SIZE: u32 = 500;
 /// Metadata key the engine reads the caller's request id from (and logs it under).
 pub const REQUEST_ID_KEY: &str = "x-request-id";
 
-/// Normalises `--engine`: adds `http://` when no scheme is given; rejects `https://`
-/// (this build has no TLS) and anything that is not a URI.
+/// Normalises `--engine`: adds `http://` when no scheme is given; rejects anything that
+/// is not an `http://` or `https://` URI.
 pub fn engine_url(raw: &str) -> Result<String, CliError> {
     let url = if raw.contains("://") {
         raw.to_owned()
     } else {
         format!("http://{raw}")
     };
-    if url.starts_with("https://") {
+    if !url.starts_with("http://") && !url.starts_with("https://") {
         return Err(CliError::Usage(format!(
-            "--engine {raw}: TLS is not supported; use an http:// URL"
-        )));
-    }
-    if !url.starts_with("http://") {
-        return Err(CliError::Usage(format!(
-            "--engine {raw}: expected an http:// URL such as http://127.0.0.1:50051"
+            "--engine {raw}: expected an http:// or https:// URL such as http://127.0.0.1:50051"
         )));
     }
     Endpoint::from_shared(url.clone())
@@ -65,20 +62,46 @@ pub struct Clients {
     url: String,
     /// `--timeout`: also sent as each mutation's deadline.
     timeout: Duration,
-    placement: PlacementClient<Channel>,
-    scheduler: SchedulerClient<Channel>,
-    catalog: CatalogClient<Channel>,
-    servers: ServersClient<Channel>,
+    placement: PlacementClient<AuthChannel>,
+    scheduler: SchedulerClient<AuthChannel>,
+    catalog: CatalogClient<AuthChannel>,
+    servers: ServersClient<AuthChannel>,
+    /// Where the token came from, for the hint on UNAUTHENTICATED.
+    token_source: TokenSource,
 }
 
 impl Clients {
-    /// Connects to `url` (already normalised by [`engine_url`]); a failure is
-    /// [`CliError::Unreachable`].
-    pub async fn connect(url: &str, timeout: Duration) -> Result<Self, CliError> {
-        let endpoint = Endpoint::from_shared(url.to_owned())
+    /// Connects to `url` (already normalised by [`engine_url`]) sending `credentials`'
+    /// token, over TLS checked against `ca_cert` for an `https://` URL; a failure to
+    /// connect is [`CliError::Unreachable`].
+    pub async fn connect(
+        url: &str,
+        timeout: Duration,
+        credentials: Credentials,
+        ca_cert: Option<&std::path::Path>,
+    ) -> Result<Self, CliError> {
+        let mut endpoint = Endpoint::from_shared(url.to_owned())
             .map_err(|e| CliError::Usage(format!("--engine {url}: {}", chain(&e))))?
             .connect_timeout(timeout)
             .timeout(timeout);
+        if url.starts_with("https://") {
+            let path = ca_cert.ok_or_else(|| {
+                CliError::Usage(format!(
+                    "--engine {url}: https needs the CA that signed the engine's certificate \
+                     (--ca-cert or BERTH_CA_CERT; berth-engine cert init writes ca.pem)"
+                ))
+            })?;
+            let pem = std::fs::read(path)
+                .map_err(|e| CliError::Usage(format!("--ca-cert {}: {e}", path.display())))?;
+            endpoint = endpoint
+                .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
+                .map_err(|e| CliError::Usage(format!("--ca-cert: {}", chain(&e))))?;
+        } else if let Some(path) = ca_cert {
+            return Err(CliError::Usage(format!(
+                "--ca-cert {} is for TLS: use an https:// --engine URL",
+                path.display()
+            )));
+        }
         let channel = endpoint
             .connect()
             .await
@@ -86,6 +109,7 @@ impl Clients {
                 url: url.to_owned(),
                 reason: chain(&e),
             })?;
+        let channel = InterceptedService::new(channel, BearerToken::new(credentials.header));
         Ok(Self {
             url: url.to_owned(),
             timeout,
@@ -93,11 +117,18 @@ impl Clients {
             scheduler: SchedulerClient::new(channel.clone()),
             catalog: CatalogClient::new(channel.clone()),
             servers: ServersClient::new(channel),
+            token_source: credentials.source,
         })
     }
 
     fn fail(&self, status: Status) -> CliError {
-        CliError::from_status(status, &self.url)
+        match auth::hint(&status, &self.token_source) {
+            Some(hint) => CliError::Hinted {
+                error: Box::new(CliError::Rpc(status)),
+                hint,
+            },
+            None => CliError::from_status(status, &self.url),
+        }
     }
 }
 
@@ -107,7 +138,14 @@ pub async fn execute(cli: &Cli) -> Result<Output, CliError> {
     // Checks that need no engine come first, so a bad command line is exit 2 even when
     // the engine is down.
     precheck(&cli.command)?;
-    let mut c = Clients::connect(&url, Duration::from_secs(cli.timeout)).await?;
+    let credentials = auth::credentials(&url, cli.token.as_deref(), &cli.data_dir)?;
+    let mut c = Clients::connect(
+        &url,
+        Duration::from_secs(cli.timeout),
+        credentials,
+        cli.ca_cert.as_deref(),
+    )
+    .await?;
     let result = dispatch(&mut c, &cli.command).await;
     result.map_err(|e| match e {
         CliError::Rpc(status) => c.fail(status),
@@ -1247,9 +1285,36 @@ mod tests {
             "http://127.0.0.1:50051"
         );
         assert_eq!(engine_url("http://h:1").unwrap(), "http://h:1");
-        assert_eq!(engine_url("https://h:1").unwrap_err().exit_code(), 2);
+        assert_eq!(engine_url("https://h:1").unwrap(), "https://h:1");
         assert_eq!(engine_url("ftp://h:1").unwrap_err().exit_code(), 2);
         assert_eq!(engine_url("http://bad host").unwrap_err().exit_code(), 2);
+    }
+
+    #[tokio::test]
+    async fn https_needs_a_ca_and_a_ca_needs_https() {
+        let none = || Credentials {
+            header: None,
+            source: TokenSource::Missing { looked: None },
+        };
+        let t = Duration::from_secs(1);
+        let e = Clients::connect("https://127.0.0.1:1", t, none(), None)
+            .await
+            .unwrap_err();
+        assert!(e.render().contains("--ca-cert"), "{}", e.render());
+        assert_eq!(e.exit_code(), 2);
+        let e = Clients::connect("http://127.0.0.1:1", t, none(), Some("ca.pem".as_ref()))
+            .await
+            .unwrap_err();
+        assert!(e.render().contains("https://"), "{}", e.render());
+        let e = Clients::connect(
+            "https://127.0.0.1:1",
+            t,
+            none(),
+            Some("/nonexistent/ca.pem".as_ref()),
+        )
+        .await
+        .unwrap_err();
+        assert!(e.render().contains("/nonexistent/ca.pem"), "{}", e.render());
     }
 
     fn inv(class: &str, total: u64) -> pb::Inventory {

@@ -2,6 +2,8 @@
 //!
 //! The binary is [`run`]; the pieces are testable on their own:
 //! - [`args`]: the clap command tree and the parsers of `CLASS=TOTAL,ratio=X`-style values;
+//! - [`auth`]: the token (--token, BERTH_TOKEN, or the local engine's admin.token), TLS
+//!   (--ca-cert) and the hints for UNAUTHENTICATED / PERMISSION_DENIED;
 //! - [`commands`]: what each command sends to the engine (Placement, Scheduler, Catalog,
 //!   Servers), with request ids on every mutation of a server or host;
 //! - [`output`]: stable view structs printed as tables or `-o json`;
@@ -14,6 +16,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod args;
+pub mod auth;
 pub mod commands;
 pub mod error;
 pub mod output;

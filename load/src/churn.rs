@@ -27,10 +27,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::Conn;
 use berth_proto::v1 as pb;
 use berth_proto::v1::scheduler_client::SchedulerClient;
 use parking_lot::Mutex;
-use tonic::transport::Channel;
 
 use crate::fleet::Fleet;
 use crate::{Args, FLAVORS, Report, Tally, release_timed, report, spec_in, tally_claims};
@@ -59,7 +59,7 @@ struct History {
 
 /// Runs the scenario for `--duration` [30 s].
 pub(crate) async fn run(
-    channels: &[Channel],
+    channels: &[Conn],
     args: &Args,
     run_id: &str,
     fleet: &Arc<Fleet>,

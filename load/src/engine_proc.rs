@@ -5,12 +5,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::Security;
+
 /// The spawned engine; killed on drop.
 pub struct EngineProcess {
     child: Child,
     /// gRPC URL.
     pub url: String,
+    /// The admin token it wrote (none when insecure) and its CA (with TLS).
+    pub credentials: berth_node::agent::Credentials,
     _config: tempfile_lite::TempFile,
+    /// Its data directory (and, with TLS, its certificates).
+    _data: tempfile::TempDir,
 }
 
 mod tempfile_lite {
@@ -40,8 +46,9 @@ fn default_bin() -> Option<PathBuf> {
 }
 
 impl EngineProcess {
-    /// Starts `berth-engine serve` on a free port and waits until it accepts connections.
-    pub async fn spawn(bin: Option<&Path>, pack: bool) -> Result<Self, String> {
+    /// Starts `berth-engine serve` on a free port, secured as `security` says, and waits
+    /// until it accepts connections.
+    pub async fn spawn(bin: Option<&Path>, pack: bool, security: Security) -> Result<Self, String> {
         let bin = bin.map(Path::to_path_buf).or_else(default_bin).ok_or(
             "cannot find berth-engine next to berth-load; build it (cargo build --release -p berth-engine) or pass --engine-bin / --engine",
         )?;
@@ -50,12 +57,31 @@ impl EngineProcess {
         let config = tempfile_lite::TempFile(
             std::env::temp_dir().join(format!("berth-load-{}-{port}.toml", std::process::id())),
         );
+        let data = tempfile::tempdir().map_err(|e| format!("a data directory: {e}"))?;
+        let d = data.path();
+        let secure = match security {
+            Security::Insecure => "insecure = true\n".to_string(),
+            Security::Token => String::new(),
+            Security::Tls => {
+                berth_engine::auth::tls::cert_init(&berth_engine::auth::tls::CertInit {
+                    dir: d.join("pki"),
+                    ..Default::default()
+                })?;
+                format!(
+                    "tls_cert = \"{}\"\ntls_key = \"{}\"\n",
+                    d.join("pki/engine.pem").display(),
+                    d.join("pki/engine.key").display()
+                )
+            }
+        };
         std::fs::write(
             &config.0,
             format!(
                 "[server]\nlisten = \"127.0.0.1:{port}\"\nmetrics_listen = \"\"\nlog = \"warn\"\n\
+                 data_dir = \"{}\"\n{secure}\
                  [engine.scheduler]\nmax_instances_per_host = 1000\n\
-                 [engine.scheduler.multipliers]\nram = {mult:.1}\ncpu = {mult:.1}\ndisk = {mult:.1}\n"
+                 [engine.scheduler.multipliers]\nram = {mult:.1}\ncpu = {mult:.1}\ndisk = {mult:.1}\n",
+                d.display()
             ),
         )
         .map_err(|e| format!("writing {}: {e}", config.0.display()))?;
@@ -68,10 +94,14 @@ impl EngineProcess {
             .stderr(Stdio::inherit())
             .spawn()
             .map_err(|e| format!("starting {}: {e}", bin.display()))?;
-        let me = Self {
+        let tls = security == Security::Tls;
+        let mut me = Self {
             child,
-            url: format!("http://127.0.0.1:{port}"),
+            // The development certificate names localhost, 127.0.0.1 and ::1.
+            url: format!("{}://127.0.0.1:{port}", if tls { "https" } else { "http" }),
+            credentials: berth_node::agent::Credentials::default(),
             _config: config,
+            _data: data,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -85,6 +115,28 @@ impl EngineProcess {
                 ));
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        if tls {
+            let ca = me._data.path().join("pki/ca.pem");
+            me.credentials.ca_cert =
+                Some(std::fs::read(&ca).map_err(|e| format!("{}: {e}", ca.display()))?);
+        }
+        if security != Security::Insecure {
+            // Written at start, before the engine serves.
+            let path = me._data.path().join("admin.token");
+            while !path.exists() {
+                if Instant::now() > deadline {
+                    return Err(format!(
+                        "{} did not write {}",
+                        bin.display(),
+                        path.display()
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            let token =
+                std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            me.credentials.token = Some(token.trim().to_string());
         }
         Ok(me)
     }

@@ -13,13 +13,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::Conn;
 use berth_node::agent::{self, AgentConfig};
 use berth_node::fake::FakeHypervisor;
 use berth_node::{Hypervisor, NodeInfo, PowerState};
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
 use uuid::Uuid;
 
 use crate::Scope;
@@ -39,6 +39,8 @@ struct SimNode {
 /// The simulated nodes of a run, by index; node `i` is called [`Fleet::name`]`(i)`.
 pub struct Fleet {
     engine: String,
+    /// The run's token (an admin may connect as any node) and the engine's CA.
+    credentials: agent::Credentials,
     heartbeat: Duration,
     run_id: String,
     seed: u64,
@@ -54,9 +56,16 @@ pub struct Fleet {
 
 impl Fleet {
     /// A fleet reporting to `engine`; nothing runs until [`start`](Self::start).
-    pub fn new(engine: &str, heartbeat: Duration, run_id: &str, seed: u64) -> Arc<Self> {
+    pub fn new(
+        engine: &str,
+        credentials: agent::Credentials,
+        heartbeat: Duration,
+        run_id: &str,
+        seed: u64,
+    ) -> Arc<Self> {
         Arc::new(Self {
             engine: engine.to_string(),
+            credentials,
             heartbeat,
             run_id: run_id.to_string(),
             seed,
@@ -112,6 +121,7 @@ impl Fleet {
             availability_zone: Some(format!("az{}", i % 4)),
             traits: vec![self.trait_name.clone()],
             heartbeat_interval: self.heartbeat,
+            credentials: self.credentials.clone(),
             ..AgentConfig::new(self.engine.clone(), name.clone())
         };
         let failures = Arc::clone(&self.failures);
@@ -212,7 +222,7 @@ impl Fleet {
     /// `ListResourceProviders`; returns how long it waited. Fails after `timeout`.
     pub async fn wait_up(
         &self,
-        channel: &Channel,
+        channel: &Conn,
         timeout: Duration,
         quiet: bool,
     ) -> Result<Duration, String> {

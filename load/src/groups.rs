@@ -7,15 +7,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
+use crate::Conn;
 use berth_proto::v1 as pb;
 use berth_proto::v1::catalog_client::CatalogClient;
 use berth_proto::v1::scheduler_client::SchedulerClient;
-use tonic::transport::Channel;
 
 use crate::{Args, FLAVORS, Report, Tally, report, spec, tally_claims};
 
 /// Runs the placements.
-pub async fn run(channels: &[Channel], args: &Args, run_id: &str) -> Result<Report, String> {
+pub async fn run(channels: &[Conn], args: &Args, run_id: &str) -> Result<Report, String> {
     let count = args.count.unwrap_or(10_000);
     let tally = Arc::new(Tally::default());
     let next = Arc::new(AtomicU64::new(0));
@@ -109,7 +109,7 @@ pub async fn run(channels: &[Channel], args: &Args, run_id: &str) -> Result<Repo
 
 /// Counts groups whose hard policy is broken: anti-affinity with two members on one host,
 /// affinity spread over more than one host.
-pub async fn audit(channel: &Channel, run_id: &str) -> Result<u64, String> {
+pub async fn audit(channel: &Conn, run_id: &str) -> Result<u64, String> {
     let mut catalog = CatalogClient::new(channel.clone());
     let mut token = String::new();
     let mut violations = 0;

@@ -11,7 +11,7 @@ use std::io::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tonic::transport::Channel;
+use crate::Conn;
 
 use crate::engine_proc::{self, EngineProcess};
 use crate::fleet::Fleet;
@@ -19,7 +19,7 @@ use crate::{Args, Report, report};
 
 /// Runs the measurement window.
 pub(crate) async fn run(
-    channel: &Channel,
+    channel: &Conn,
     args: &Args,
     fleet: &Arc<Fleet>,
     engine: Option<&EngineProcess>,

@@ -31,9 +31,37 @@ use berth_proto::v1::catalog_client::CatalogClient;
 use berth_proto::v1::placement_client::PlacementClient;
 use berth_proto::v1::scheduler_client::SchedulerClient;
 use clap::Parser;
-use tonic::transport::Channel;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 pub use report::Report;
+
+/// A connection to the engine that sends the run's bearer token with every call.
+pub type Conn = InterceptedService<Channel, Bearer>;
+
+/// Adds `authorization: Bearer <token>` (when the run has a token) to every call.
+#[derive(Debug, Clone)]
+pub struct Bearer(Option<tonic::metadata::AsciiMetadataValue>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// How a spawned engine is secured (`--security`), so the cost of each can be measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Security {
+    /// `--insecure`: no token checked, plain text.
+    Insecure,
+    /// Tokens checked on every call (the default of berth-engine), plain text on loopback.
+    Token,
+    /// Tokens, and TLS on the listener (a development CA made for the run).
+    Tls,
+}
 
 /// The scenarios, as `berth-load --help` shows them after the flags.
 pub const SCENARIOS_HELP: &str = "\
@@ -136,6 +164,21 @@ pub struct Args {
     /// No progress lines on stderr.
     #[arg(long)]
     pub quiet: bool,
+    /// Security of the spawned engine (ignored with --engine): insecure, token (its
+    /// default: every call's token is checked) or tls (tokens over TLS). Compare claims/s
+    /// across the three to see what security costs.
+    #[arg(long, value_enum, default_value_t = Security::Token)]
+    pub security: Security,
+    /// Bearer token for --engine (an admin's: the run creates hosts and flavors). Without
+    /// it, for an engine on this machine, <data-dir>/admin.token is used.
+    #[arg(long, env = "BERTH_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Data directory of a local --engine, for its admin.token.
+    #[arg(long, env = "BERTH_DATA_DIR", default_value = "./berth-data")]
+    pub data_dir: std::path::PathBuf,
+    /// CA certificate (PEM) of an https:// --engine.
+    #[arg(long, env = "BERTH_CA_CERT")]
+    pub ca_cert: Option<std::path::PathBuf>,
 }
 
 impl Args {
@@ -280,7 +323,7 @@ impl Scope {
 
 /// Every provider of `scope`, all pages.
 pub(crate) async fn list_providers(
-    channel: &Channel,
+    channel: &Conn,
     scope: &Scope,
 ) -> Result<Vec<pb::ResourceProvider>, String> {
     let mut placement = PlacementClient::new(channel.clone());
@@ -347,26 +390,43 @@ pub async fn run(args: Args) -> Result<Report, String> {
     };
     let pack = args.pack || matches!(scenario, Scenario::Fill(_));
     let mut spawned = None;
-    let url = match &args.engine {
-        Some(u) => u.clone(),
+    let (url, credentials) = match &args.engine {
+        Some(u) => (u.clone(), external_credentials(&args, u)?),
         None => {
             // The child inherits the open-file limit raised above; berth-engine also raises
             // its own soft limit to the hard one at start.
-            let p = engine_proc::EngineProcess::spawn(args.engine_bin.as_deref(), pack).await?;
+            let p =
+                engine_proc::EngineProcess::spawn(args.engine_bin.as_deref(), pack, args.security)
+                    .await?;
             let u = p.url.clone();
+            let c = p.credentials.clone();
             spawned = Some(p);
-            u
+            (u, c)
         }
     };
+    let bearer = Bearer(
+        credentials
+            .token
+            .as_ref()
+            .map(|t| format!("Bearer {t}").parse())
+            .transpose()
+            .map_err(|_| "token: characters a header cannot carry".to_string())?,
+    );
     let mut channels = Vec::with_capacity(args.connections);
     for _ in 0..args.connections {
-        let ch = Channel::from_shared(url.clone())
+        let mut endpoint = Endpoint::from_shared(url.clone())
             .map_err(|e| format!("engine URL {url:?}: {e}"))?
-            .tcp_nodelay(true)
+            .tcp_nodelay(true);
+        if let Some(ca) = &credentials.ca_cert {
+            endpoint = endpoint
+                .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)))
+                .map_err(|e| format!("TLS settings for {url}: {e}"))?;
+        }
+        let ch = endpoint
             .connect()
             .await
             .map_err(|e| format!("cannot reach the engine at {url}: {e}"))?;
-        channels.push(ch);
+        channels.push(InterceptedService::new(ch, bearer.clone()));
     }
     let setup_start = Instant::now();
     let run_id = format!("{:08x}", fastrand::u32(..));
@@ -374,7 +434,7 @@ pub async fn run(args: Args) -> Result<Report, String> {
     if !scenario.simulated() {
         create_providers(&channels, scenario.hosts(), args.seed, &run_id).await?;
     }
-    let fleet = fleet::Fleet::new(&url, heartbeat, &run_id, args.seed);
+    let fleet = fleet::Fleet::new(&url, credentials, heartbeat, &run_id, args.seed);
     let mut nodes = None;
     if sim_nodes > 0 {
         let started = Instant::now();
@@ -465,7 +525,42 @@ pub async fn run(args: Args) -> Result<Report, String> {
 }
 
 /// Creates the flavors every scenario uses (idempotently: `--engine` may be shared).
-async fn create_flavors(channel: &Channel) -> Result<(), String> {
+/// The token and CA for an `--engine` given on the command line: `--token`, or the admin
+/// token of a local engine's data directory; `--ca-cert` for https.
+fn external_credentials(args: &Args, url: &str) -> Result<berth_node::agent::Credentials, String> {
+    let local = url
+        .parse::<tonic::codegen::http::Uri>()
+        .ok()
+        .and_then(|u| u.host().map(str::to_owned))
+        .is_some_and(|h| {
+            h == "localhost"
+                || h.trim_matches(|c| c == '[' || c == ']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        });
+    let token = match &args.token {
+        Some(t) => Some(t.trim().to_string()),
+        None if local => std::fs::read_to_string(args.data_dir.join("admin.token"))
+            .ok()
+            .map(|t| t.trim().to_string()),
+        None => None,
+    };
+    let ca_cert = match (&args.ca_cert, url.starts_with("https://")) {
+        (Some(p), true) => {
+            Some(std::fs::read(p).map_err(|e| format!("--ca-cert {}: {e}", p.display()))?)
+        }
+        (None, true) => return Err(format!("--engine {url}: https needs --ca-cert")),
+        (Some(_), false) => return Err("--ca-cert is for an https:// --engine".into()),
+        (None, false) => None,
+    };
+    Ok(berth_node::agent::Credentials {
+        token,
+        ca_cert,
+        identity: None,
+    })
+}
+
+async fn create_flavors(channel: &Conn) -> Result<(), String> {
     let mut catalog = CatalogClient::new(channel.clone());
     for (name, vcpus, ram, disk) in FLAVORS {
         let r = catalog
@@ -488,7 +583,7 @@ async fn create_flavors(channel: &Channel) -> Result<(), String> {
 
 /// Creates `hosts` providers (mixed sizes, 4 AZs) in aggregate `load-<run>`, concurrently.
 async fn create_providers(
-    channels: &[Channel],
+    channels: &[Conn],
     hosts: usize,
     seed: u64,
     run_id: &str,
@@ -623,7 +718,7 @@ pub(crate) fn code_name(s: &tonic::Status) -> String {
 }
 
 async fn run_flat(
-    channels: &[Channel],
+    channels: &[Conn],
     args: &Args,
     run_id: &str,
     scope: &Scope,
@@ -701,7 +796,7 @@ pub(crate) fn tally_claims(t: &Arc<Tally>) -> impl Fn() -> u64 + Send + 'static 
 }
 
 async fn run_fill(
-    channels: &[Channel],
+    channels: &[Conn],
     args: &Args,
     run_id: &str,
     scope: &Scope,
@@ -767,7 +862,7 @@ async fn run_fill(
 
 /// Recomputes usage from every allocation of this run (the project's totals) and compares
 /// it with what the engine reports per provider of `scope`; counts over-commits.
-async fn audit(channel: &Channel, run_id: &str, scope: &Scope) -> Result<report::Audit, String> {
+async fn audit(channel: &Conn, run_id: &str, scope: &Scope) -> Result<report::Audit, String> {
     let mut placement = PlacementClient::new(channel.clone());
     let mut audit = report::Audit::default();
     let mut per_class: BTreeMap<String, (u64, u64)> = BTreeMap::new();
@@ -817,7 +912,7 @@ async fn audit(channel: &Channel, run_id: &str, scope: &Scope) -> Result<report:
 
 /// Releases `consumer`, recording the call's latency in `hist` and its outcome in `tally`.
 pub(crate) async fn release_timed(
-    sched: &mut SchedulerClient<Channel>,
+    sched: &mut SchedulerClient<Conn>,
     consumer: String,
     hist: &mut hdrhistogram::Histogram<u64>,
     tally: &Tally,

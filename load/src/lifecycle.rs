@@ -15,12 +15,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::Conn;
 use berth_node::PowerState;
 use berth_proto::v1 as pb;
 use berth_proto::v1::catalog_client::CatalogClient;
 use berth_proto::v1::placement_client::PlacementClient;
 use berth_proto::v1::servers_client::ServersClient;
-use tonic::transport::Channel;
 use uuid::Uuid;
 
 use crate::fleet::Fleet;
@@ -42,7 +42,7 @@ type Held = (String, String);
 
 /// Runs the clients for `--duration` [10 s] or until `--count` creates.
 pub(crate) async fn run(
-    channels: &[Channel],
+    channels: &[Conn],
     args: &Args,
     run_id: &str,
     fleet: &Arc<Fleet>,
@@ -185,7 +185,7 @@ pub(crate) async fn run(
 
 /// Deletes one server and checks that its host no longer has the domain.
 async fn delete(
-    servers: &mut ServersClient<Channel>,
+    servers: &mut ServersClient<Conn>,
     (uuid, host): &Held,
     fleet: &Fleet,
     tally: &Tally,
@@ -241,7 +241,7 @@ fn build_retries(s: &pb::Server) -> u64 {
 /// the run, its domain and its allocations against the providers' usage; then deletes the
 /// servers still alive.
 pub(crate) async fn audit(
-    channels: &[Channel],
+    channels: &[Conn],
     run_id: &str,
     fleet: &Fleet,
     scope: &Scope,
