@@ -48,24 +48,26 @@ pub type ServeResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 /// A channel that sends a bearer token with every call.
 pub type AuthChannel = InterceptedService<Channel, Bearer>;
 
-/// Adds `authorization: Bearer <token>` to every request.
+/// Adds `authorization: Bearer <token>` to every request (nothing for an empty token).
 #[derive(Clone, Debug)]
-pub struct Bearer(AsciiMetadataValue);
+pub struct Bearer(Option<AsciiMetadataValue>);
 
 impl Bearer {
-    /// The interceptor for `token`.
+    /// The interceptor for `token`; an empty one sends no header.
     pub fn new(token: &str) -> Self {
-        Self(
+        Self((!token.is_empty()).then(|| {
             format!("Bearer {token}")
                 .parse()
-                .expect("a token is header-safe"),
-        )
+                .expect("a token is header-safe")
+        }))
     }
 }
 
 impl Interceptor for Bearer {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-        req.metadata_mut().insert("authorization", self.0.clone());
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
         Ok(req)
     }
 }

@@ -8,8 +8,10 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{btree, opt_str, opt_uuid};
 use super::paging::page;
+use super::scope;
 use super::status::{invalid, to_status};
 use crate::Engine;
+use crate::auth::Scope;
 use crate::model::{
     Flavor, FlavorSpec, GroupPolicy, Image, ImageSpec, ServerGroup, ServerGroupSpec,
 };
@@ -194,6 +196,7 @@ impl Catalog for CatalogApi {
         &self,
         req: Request<pb::CreateServerGroupRequest>,
     ) -> R<pb::CreateServerGroupResponse> {
+        Scope::of(&req).require("project_id", &req.get_ref().project_id)?;
         let r = req.into_inner();
         let policy = match pb::ServerGroupPolicy::try_from(r.policy) {
             Ok(pb::ServerGroupPolicy::Affinity) => GroupPolicy::Affinity,
@@ -227,6 +230,7 @@ impl Catalog for CatalogApi {
         &self,
         req: Request<pb::GetServerGroupRequest>,
     ) -> R<pb::GetServerGroupResponse> {
+        scope::group(&self.engine, Scope::of(&req), &req.get_ref().id)?;
         let g = self
             .engine
             .get_group(&req.get_ref().id)
@@ -240,10 +244,11 @@ impl Catalog for CatalogApi {
         &self,
         req: Request<pb::ListServerGroupsRequest>,
     ) -> R<pb::ListServerGroupsResponse> {
+        let mut groups = self.engine.list_groups();
+        let scope = Scope::of(&req);
+        groups.retain(|g| scope.sees(&g.project_id));
         let r = req.into_inner();
-        let (items, next) = page(self.engine.list_groups(), r.page_size, &r.page_token, |g| {
-            g.id.to_string()
-        })?;
+        let (items, next) = page(groups, r.page_size, &r.page_token, |g| g.id.to_string())?;
         Ok(Response::new(pb::ListServerGroupsResponse {
             server_groups: items
                 .into_iter()
@@ -257,6 +262,7 @@ impl Catalog for CatalogApi {
         &self,
         req: Request<pb::DeleteServerGroupRequest>,
     ) -> R<pb::DeleteServerGroupResponse> {
+        scope::group(&self.engine, Scope::of(&req), &req.get_ref().id)?;
         self.engine
             .delete_group(&req.get_ref().id)
             .map_err(to_status)?;

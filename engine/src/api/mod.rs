@@ -9,6 +9,7 @@ pub mod nodes;
 pub mod paging;
 pub mod placement;
 pub mod scheduler;
+pub mod scope;
 pub mod servers;
 pub mod status;
 

@@ -11,8 +11,10 @@ use super::convert::{
     self, allocations, allocations_pb, amounts, btree, inventory, opt_str, provider_pb, uuid,
 };
 use super::paging::page;
+use super::scope;
 use super::status::{invalid, to_status};
 use crate::Engine;
+use crate::auth::Scope;
 use crate::model::{ProviderSpec, ProviderUpdate, RequestSpec};
 use crate::state::consumers::AllocationRequest;
 use crate::state::providers::ProviderFilter;
@@ -419,6 +421,9 @@ impl Placement for PlacementApi {
     ) -> R<pb::GetAllocationsResponse> {
         let c = uuid("consumer_uuid", &req.get_ref().consumer_uuid)?;
         let a = self.engine.get_allocations(&c).map_err(to_status)?;
+        if !Scope::of(&req).sees(&a.project_id) {
+            return Err(to_status(crate::EngineError::not_found("consumer", c)));
+        }
         // One entry per provider, sorted by provider: during a move the source and
         // destination allocations are merged (summed on a provider holding both).
         let mut merged: std::collections::BTreeMap<uuid::Uuid, Vec<(String, u64)>> =
@@ -474,6 +479,7 @@ impl Placement for PlacementApi {
         req: Request<pb::DeleteAllocationsRequest>,
     ) -> R<pb::DeleteAllocationsResponse> {
         let c = uuid("consumer_uuid", &req.get_ref().consumer_uuid)?;
+        scope::consumer(&self.engine, Scope::of(&req), &c)?;
         self.engine.release(&c).map_err(to_status)?;
         tracing::info!(consumer = %c, "allocations deleted");
         Ok(Response::new(pb::DeleteAllocationsResponse {}))
@@ -495,6 +501,7 @@ impl Placement for PlacementApi {
         &self,
         req: Request<pb::GetProjectUsagesRequest>,
     ) -> R<pb::GetProjectUsagesResponse> {
+        Scope::of(&req).require("project_id", &req.get_ref().project_id)?;
         let r = req.into_inner();
         let mut rep = self
             .engine

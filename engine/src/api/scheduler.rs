@@ -8,8 +8,10 @@ use berth_proto::v1::scheduler_server::Scheduler;
 use tonic::{Request, Response, Status};
 
 use super::convert::{request_spec, selection_pb, uuid};
+use super::scope;
 use super::status::{invalid, to_status};
 use crate::Engine;
+use crate::auth::Scope;
 
 /// Hosts `Explain` ranks at most.
 const EXPLAIN_LIMIT: usize = 50;
@@ -31,6 +33,7 @@ impl Scheduler for SchedulerApi {
         &self,
         req: Request<pb::SelectDestinationsRequest>,
     ) -> R<pb::SelectDestinationsResponse> {
+        scope::spec(&self.engine, Scope::of(&req), req.get_ref().spec.as_ref())?;
         let spec = request_spec(req.into_inner().spec)?;
         let start = Instant::now();
         let result = self.engine.select_destinations(&spec);
@@ -53,14 +56,17 @@ impl Scheduler for SchedulerApi {
 
     async fn release(&self, req: Request<pb::ReleaseRequest>) -> R<pb::ReleaseResponse> {
         let c = uuid("consumer_uuid", &req.get_ref().consumer_uuid)?;
+        scope::consumer(&self.engine, Scope::of(&req), &c)?;
         self.engine.release(&c).map_err(to_status)?;
         tracing::debug!(consumer = %c, "released");
         Ok(Response::new(pb::ReleaseResponse {}))
     }
 
     async fn move_claim(&self, req: Request<pb::MoveClaimRequest>) -> R<pb::MoveClaimResponse> {
+        let c = uuid("consumer_uuid", &req.get_ref().consumer_uuid)?;
+        scope::consumer(&self.engine, Scope::of(&req), &c)?;
+        scope::spec(&self.engine, Scope::of(&req), req.get_ref().spec.as_ref())?;
         let r = req.into_inner();
-        let c = uuid("consumer_uuid", &r.consumer_uuid)?;
         // The contract: a move is for the one consumer named.
         if let Some(s) = &r.spec {
             if s.num_instances > 1 {
@@ -99,6 +105,7 @@ impl Scheduler for SchedulerApi {
         req: Request<pb::ConfirmMoveRequest>,
     ) -> R<pb::ConfirmMoveResponse> {
         let c = uuid("consumer_uuid", &req.get_ref().consumer_uuid)?;
+        scope::consumer(&self.engine, Scope::of(&req), &c)?;
         self.engine.confirm_move(&c).map_err(to_status)?;
         tracing::info!(consumer = %c, "move confirmed");
         Ok(Response::new(pb::ConfirmMoveResponse {}))
@@ -106,6 +113,7 @@ impl Scheduler for SchedulerApi {
 
     async fn revert_move(&self, req: Request<pb::RevertMoveRequest>) -> R<pb::RevertMoveResponse> {
         let c = uuid("consumer_uuid", &req.get_ref().consumer_uuid)?;
+        scope::consumer(&self.engine, Scope::of(&req), &c)?;
         self.engine.revert_move(&c).map_err(to_status)?;
         tracing::info!(consumer = %c, "move reverted");
         Ok(Response::new(pb::RevertMoveResponse {}))

@@ -11,7 +11,9 @@ use tonic::{Request, Response, Status};
 use super::convert::{btree, opt_str, provider_pb, uuid};
 use super::layer::REQUEST_ID;
 use super::paging::page;
+use super::scope;
 use super::status::{self, invalid};
+use crate::auth::Scope;
 use crate::error::EngineError;
 use crate::lifecycle::Conductor;
 use crate::lifecycle::conductor::{
@@ -27,6 +29,18 @@ impl ServersApi {
     /// The service over `conductor`.
     pub fn new(conductor: Arc<Conductor>) -> Self {
         Self { conductor }
+    }
+
+    /// NOT_FOUND, as for a server that does not exist, unless the caller sees server `u`.
+    fn visible<T>(&self, req: &Request<T>, u: &uuid::Uuid) -> Result<(), Status> {
+        let Scope::Project(p) = Scope::of(req) else {
+            return Ok(());
+        };
+        match self.conductor.get(u) {
+            Ok(s) if s.project_id == p => Ok(()),
+            Ok(_) => Err(to_status(ConductorError::ServerNotFound(*u))),
+            Err(e) => Err(to_status(e)),
+        }
     }
 }
 
@@ -164,6 +178,17 @@ impl Servers for ServersApi {
         req: Request<pb::CreateServerRequest>,
     ) -> R<pb::CreateServerResponse> {
         let ids = call_ids(&req, &req.get_ref().request_id);
+        let scope = Scope::of(&req);
+        let r = req.get_ref();
+        if !scope.is_all() {
+            scope.require("project_id", &r.project_id)?;
+            if !r.force_hosts.is_empty() {
+                return Err(scope::admin_only("force_hosts"));
+            }
+            if !r.group.is_empty() {
+                scope::group(self.conductor.engine(), scope, &r.group)?;
+            }
+        }
         let r = req.into_inner();
         let create = CreateRequest {
             name: r.name,
@@ -192,6 +217,9 @@ impl Servers for ServersApi {
     async fn get_server(&self, req: Request<pb::GetServerRequest>) -> R<pb::GetServerResponse> {
         let u = uuid("uuid", &req.get_ref().uuid)?;
         let s = self.conductor.get(&u).map_err(to_status)?;
+        if !Scope::of(&req).sees(&s.project_id) {
+            return Err(to_status(ConductorError::ServerNotFound(u)));
+        }
         Ok(Response::new(pb::GetServerResponse {
             server: Some(server_pb(s)),
         }))
@@ -201,7 +229,24 @@ impl Servers for ServersApi {
         &self,
         req: Request<pb::ListServersRequest>,
     ) -> R<pb::ListServersResponse> {
-        let r = req.into_inner();
+        // A member lists its own project's servers, and only by project.
+        let own = match Scope::of(&req) {
+            Scope::All => None,
+            Scope::Project(p) => {
+                let r = req.get_ref();
+                if !r.project_id.is_empty() {
+                    Scope::Project(p).require("project_id", &r.project_id)?;
+                }
+                if !r.host.is_empty() {
+                    return Err(scope::admin_only("host"));
+                }
+                Some(p.to_string())
+            }
+        };
+        let mut r = req.into_inner();
+        if let Some(p) = own {
+            r.project_id = p;
+        }
         let host = match opt_str(r.host) {
             Some(h) => Some(self.conductor.engine().resolve_host(&h).ok_or_else(|| {
                 status::to_status(EngineError::not_found("resource provider", &h))
@@ -239,6 +284,7 @@ impl Servers for ServersApi {
     ) -> R<pb::DeleteServerResponse> {
         let ids = call_ids(&req, &req.get_ref().request_id);
         let u = uuid("uuid", &req.get_ref().uuid)?;
+        self.visible(&req, &u)?;
         self.conductor.delete(u, ids).await.map_err(to_status)?;
         Ok(Response::new(pb::DeleteServerResponse {}))
     }
@@ -248,8 +294,18 @@ impl Servers for ServersApi {
         req: Request<pb::ServerActionRequest>,
     ) -> R<pb::ServerActionResponse> {
         let ids = call_ids(&req, &req.get_ref().request_id);
+        let u = uuid("uuid", &req.get_ref().uuid)?;
+        self.visible(&req, &u)?;
+        if !Scope::of(&req).is_all() {
+            // Nova's defaults: moving a server between hosts is an operator's decision.
+            match &req.get_ref().action {
+                Some(PbAction::Migrate(_)) => return Err(scope::admin_only("migrate")),
+                Some(PbAction::LiveMigrate(_)) => return Err(scope::admin_only("live_migrate")),
+                Some(PbAction::Evacuate(_)) => return Err(scope::admin_only("evacuate")),
+                _ => {}
+            }
+        }
         let r = req.into_inner();
-        let u = uuid("uuid", &r.uuid)?;
         let a = action(r.action)?;
         let reply = self.conductor.action(u, a, ids).await.map_err(to_status)?;
         Ok(Response::new(pb::ServerActionResponse {
