@@ -76,6 +76,7 @@ pub enum TokenCommand {
     /// Examples:
     ///   berth-engine token issue --project demo --role member --ttl 8h --subject alice
     ///   berth-engine token issue --role node --subject compute-1 --ttl 30d
+    #[command(verbatim_doc_comment)]
     Issue {
         /// Project the token acts in; required for member and reader.
         #[arg(long, default_value = "")]
@@ -113,6 +114,7 @@ pub enum CertCommand {
     ///   berth-engine cert init --dir pki --nodes a,b,c
     ///   berth-engine serve --tls-cert pki/engine.pem --tls-key pki/engine.key --tls-client-ca pki/ca.pem
     ///   berth-node --engine https://localhost:50051 --name a --ca-cert pki/ca.pem --tls-cert pki/node-a.pem --tls-key pki/node-a.key
+    #[command(verbatim_doc_comment)]
     Init {
         /// Output directory (created if missing).
         #[arg(long)]

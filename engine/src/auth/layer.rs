@@ -13,17 +13,20 @@
 //! (project scope, the node name a stream may register as). With `--insecure` every call is
 //! admitted as an admin caller.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::HeaderMap;
+use parking_lot::RwLock;
 use tonic::Status;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 use super::policy::{self, Access, NODES_CONNECT};
 use super::tls::node_name_from_cert;
+use super::token::now_secs;
 use super::{Caller, TokenKey};
 
 /// Decides, for each call, who the caller is and whether it may make the call.
@@ -39,8 +42,19 @@ enum Mode {
         key: Box<TokenKey>,
         /// `Nodes/Connect` only with a client certificate (a node CA is configured).
         node_certs: bool,
+        /// Tokens that verified, with their caller and expiry: a client sends the same
+        /// token with every call, and a lookup costs far less than verifying a JWT again
+        /// (base64, JSON, HMAC). Only verified tokens enter, keyed by the whole token, so a
+        /// forged or altered one never matches; expiry is still checked on every hit.
+        /// `parking_lot::RwLock`: lookups share it, inserts are rare and short, nothing
+        /// awaits while it is held.
+        verified: RwLock<HashMap<Box<str>, (Caller, u64)>>,
     },
 }
+
+/// Most tokens remembered; the cache starts over when full (each entry needed a valid
+/// signature, so only the engine's own tokens can fill it).
+const VERIFIED_CAPACITY: usize = 4096;
 
 impl Authenticator {
     /// Admits every call as an admin (`--insecure`).
@@ -57,6 +71,7 @@ impl Authenticator {
             mode: Mode::Enforced {
                 key: Box::new(key),
                 node_certs,
+                verified: RwLock::new(HashMap::new()),
             },
         }
     }
@@ -75,9 +90,13 @@ impl Authenticator {
         headers: &HeaderMap,
         peer_cert: Option<&[u8]>,
     ) -> Result<Option<Caller>, Status> {
-        let (key, node_certs) = match &self.mode {
+        let (key, node_certs, verified) = match &self.mode {
             Mode::Insecure => return Ok(Some(Caller::insecure())),
-            Mode::Enforced { key, node_certs } => (key, *node_certs),
+            Mode::Enforced {
+                key,
+                node_certs,
+                verified,
+            } => (key, *node_certs, verified),
         };
         let access = policy::access(path);
         if access == Some(Access::Open) {
@@ -96,13 +115,36 @@ impl Authenticator {
             return Ok(Some(Caller::node_certificate(name)));
         }
         let token = bearer(headers)?;
-        let caller = key
-            .verify(token)
-            .map_err(|e| Status::unauthenticated(e.to_string()))?
-            .into_caller();
+        let caller = verify_cached(key, verified, token, now_secs())?;
         policy::allows(&caller, path).map_err(Status::permission_denied)?;
         Ok(Some(caller))
     }
+}
+
+/// The caller of `token`: from the cache of verified tokens while unexpired, else verified
+/// (and remembered).
+fn verify_cached(
+    key: &TokenKey,
+    verified: &RwLock<HashMap<Box<str>, (Caller, u64)>>,
+    token: &str,
+    now: u64,
+) -> Result<Caller, Status> {
+    if let Some((caller, exp)) = verified.read().get(token)
+        && *exp > now
+    {
+        return Ok(caller.clone());
+    }
+    let claims = key
+        .verify_at(token, now)
+        .map_err(|e| Status::unauthenticated(e.to_string()))?;
+    let exp = claims.exp;
+    let caller = claims.into_caller();
+    let mut cache = verified.write();
+    if cache.len() >= VERIFIED_CAPACITY {
+        cache.clear();
+    }
+    cache.insert(token.into(), (caller.clone(), exp));
+    Ok(caller)
 }
 
 /// The token of an `authorization: Bearer <token>` header.
@@ -336,6 +378,34 @@ mod tests {
             .admit(CREATE, &headers(Some(&format!("Bearer {node}"))), None)
             .unwrap_err();
         assert_eq!(e.code(), Code::PermissionDenied);
+    }
+
+    #[test]
+    fn verified_tokens_are_remembered_until_they_expire() {
+        let k = key();
+        let cache = RwLock::new(HashMap::new());
+        let spec = TokenSpec {
+            subject: "alice".into(),
+            project: "p1".into(),
+            roles: vec![Role::Member],
+            ttl: Duration::from_secs(60),
+        };
+        let t = k.issue_at(&spec, 1000).unwrap();
+        assert_eq!(verify_cached(&k, &cache, &t, 1001).unwrap().project, "p1");
+        assert_eq!(cache.read().len(), 1);
+        // A hit still checks the expiry.
+        let e = verify_cached(&k, &cache, &t, 1060).unwrap_err();
+        assert!(e.message().contains("expired"), "{}", e.message());
+        // An altered token is verified, not looked up, and refused.
+        // (A character well inside the signature: all of its bits count.)
+        let i = t.len() - 5;
+        let flipped = if &t[i..=i] == "A" { "B" } else { "A" };
+        let forged = format!("{}{flipped}{}", &t[..i], &t[i + 1..]);
+        assert_eq!(
+            verify_cached(&k, &cache, &forged, 1001).unwrap_err().code(),
+            Code::Unauthenticated
+        );
+        assert_eq!(cache.read().len(), 1, "refused tokens are not remembered");
     }
 
     #[test]
