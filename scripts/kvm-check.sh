@@ -153,6 +153,8 @@ through_engine() {
   local BIN=target/release PORT=${BERTH_PORT:-50061} RUN=target/kvm NODE_NAME
   export BERTH_ENGINE="http://127.0.0.1:$PORT"
   mkdir -p "$RUN"
+  # The engine's token key and admin token (which the CLI reads) live here.
+  export BERTH_DATA_DIR="$PWD/$RUN/data"
   NODE_NAME="kvm-$(hostname -s)"
   if [ "$VIRT_TYPE" = qemu ] && "${VIRSH[@]}" domcapabilities --virttype kvm >/dev/null 2>&1; then
     # berth-node picks kvm whenever libvirt offers it and has no setting to force qemu yet.
@@ -174,6 +176,8 @@ through_engine() {
   local _
   for _ in $(seq 100); do "$BIN/berth" host list >/dev/null 2>&1 && break; sleep 0.1; done
 
+  # The node authenticates with a node token for its own name.
+  BERTH_NODE_TOKEN=$("$BIN/berth-engine" token issue --role node --subject "$NODE_NAME" --ttl 1d 2>/dev/null) \
   "$BIN/berth-node" --engine "$BERTH_ENGINE" --name "$NODE_NAME" --libvirt-uri "$URI" \
     --heartbeat-interval 1 --shutdown-timeout 5 >"$RUN/node.log" 2>&1 &
   NODE=$!

@@ -4,7 +4,10 @@
 # creates servers through them and drives their lifecycle with the CLI (stop, start, resize,
 # evacuation of a killed node...), walks through placement (hosts, flavors, a server group,
 # scheduling with its explanation, usage), then places 100,000 instances on a 10,000-host
-# cloud over gRPC with berth-load and prints the summary.
+# cloud over gRPC with berth-load and prints the summary. Secured as in production: TLS with
+# a development CA (berth-engine cert init), node certificates (a node registers only as
+# itself), the CLI and berth-load with the admin token the engine writes to its data
+# directory; a member token shows what a project member may not do.
 # Env: BERTH_PORT (default 50051), BERTH_METRICS_PORT (9090), DEMO_HOSTS (10k), DEMO_INSTANCES (100000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,11 +20,20 @@ cargo build --release --locked -p berth-engine -p berth-node -p berth-cli -p ber
 BIN=target/release
 PORT=${BERTH_PORT:-50051}
 METRICS=${BERTH_METRICS_PORT:-9090}
-export BERTH_ENGINE="http://127.0.0.1:$PORT"
 LOG=target/berth-engine.log
+RUN=target/run
+mkdir -p "$RUN"
+# The engine keeps its token key and admin token here; the CLI and berth-load read the admin
+# token from it (the same variable).
+export BERTH_DATA_DIR="$PWD/$RUN/data"
+PKI=$RUN/pki
+echo "== a development CA, the engine's certificate and three node certificates in $PKI"
+"$BIN/berth-engine" cert init --dir "$PKI" --nodes node-1,node-2,node-3 | grep -v '^wrote' || true
+export BERTH_ENGINE="https://127.0.0.1:$PORT" BERTH_CA_CERT="$PWD/$PKI/ca.pem"
 
-echo "== starting berth-engine on 127.0.0.1:$PORT (log: $LOG, metrics: http://127.0.0.1:$METRICS/metrics)"
-"$BIN/berth-engine" serve --listen "127.0.0.1:$PORT" --metrics-listen "127.0.0.1:$METRICS" >"$LOG" 2>&1 &
+echo "== starting berth-engine on 127.0.0.1:$PORT, TLS (log: $LOG, metrics: http://127.0.0.1:$METRICS/metrics)"
+"$BIN/berth-engine" serve --listen "127.0.0.1:$PORT" --metrics-listen "127.0.0.1:$METRICS" \
+  --tls-cert "$PKI/engine.pem" --tls-key "$PKI/engine.key" --tls-client-ca "$PKI/ca.pem" >"$LOG" 2>&1 &
 ENGINE=$!
 NODES=()
 cleanup() { kill "${NODES[@]}" $ENGINE 2>/dev/null || true; }
@@ -33,11 +45,11 @@ for _ in $(seq 100); do
 done
 
 b() { echo "\$ berth $*"; "$BIN/berth" "$@"; echo; }
-RUN=target/run
-mkdir -p "$RUN"
-# start_node NAME AZ VCPUS MEMORY_MB: a berth-node on its own simulated libvirt test host.
+# start_node NAME AZ VCPUS MEMORY_MB: a berth-node on its own simulated libvirt test host,
+# presenting its certificate.
 start_node() {
   "$BIN/berth-node" --engine "$BERTH_ENGINE" --name "$1" --az "$2" \
+    --ca-cert "$PKI/ca.pem" --tls-cert "$PKI/node-$1.pem" --tls-key "$PKI/node-$1.key" \
     --test-node-vcpus "$3" --test-node-memory-mb "$4" --test-node-disk-gb 500 \
     --test-node-file "$PWD/$RUN/$1.xml" --heartbeat-interval 1 >"$RUN/$1.log" 2>&1 &
   NODES+=($!)
@@ -85,6 +97,17 @@ b host list
 b host evacuate node-3
 b server list --project demo
 b usage --project demo
+
+echo "== security: tokens and roles (the CLI above used the admin token in $BERTH_DATA_DIR)"
+echo "\$ berth-engine token issue --project demo --role member --ttl 1h --subject alice"
+MEMBER=$("$BIN/berth-engine" token issue --project demo --role member --ttl 1h --subject alice)
+echo "\$ berth --token \$MEMBER server list        # a member sees its project's servers"
+"$BIN/berth" --token "$MEMBER" server list | head -3
+echo "\$ berth --token \$MEMBER host disable node-1   # but may not touch hosts"
+"$BIN/berth" --token "$MEMBER" host disable node-1 || echo "(exit $? as expected)"
+echo "\$ berth --token not-a-token host list"
+"$BIN/berth" --token not-a-token host list || echo "(exit $? as expected)"
+echo
 
 echo "== placement without compute nodes: a small cloud through the CLI"
 b host create demo-a1 --az az-a --inventory VCPU=16,ratio=4.0 --inventory MEMORY_MB=65536,reserved=512 --inventory DISK_GB=1000 --trait HW_CPU_X86_AVX2
