@@ -187,7 +187,13 @@ fn serve(cfg: BerthConfig) -> Result<(), String> {
                 .map_err(|e| e.to_string())
             }
         });
-        shutdown_signal().await;
+        let mut server = server;
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            // The server stopped on its own: it could not start (security settings, TLS
+            // files), so say why now rather than at SIGTERM.
+            r = &mut server => return r.map_err(|e| format!("server task failed: {e}"))?,
+        }
         let _ = stop_tx.send(());
         match tokio::time::timeout(grace, server).await {
             Ok(Ok(r)) => r,

@@ -275,3 +275,19 @@ async fn binary_fails_cleanly_when_the_port_is_taken() {
     assert!(log.contains("cannot listen on"), "{log}");
     assert!(log.contains(&addr.to_string()), "{log}");
 }
+
+#[tokio::test]
+async fn binary_refuses_to_expose_plain_text_or_insecure_off_loopback() {
+    for (extra, words) in [(None, "without TLS"), (Some("--insecure"), "--insecure")] {
+        let addr = format!("0.0.0.0:{}", free_port());
+        let mut args = vec!["serve", "--listen", &addr, "--metrics-listen", ""];
+        args.extend(extra);
+        let proc = Proc::spawn(&args);
+        let (status, log) = proc.finish(DEADLINE).await;
+        assert_eq!(status.code(), Some(1), "{extra:?}: {log}");
+        assert!(
+            log.contains(words) && (log.contains("loopback") || log.contains("127.0.0.1")),
+            "{extra:?}: {log}"
+        );
+    }
+}
