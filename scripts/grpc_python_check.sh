@@ -39,7 +39,7 @@ py=$venv/bin/python
 port=$("$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 addr=127.0.0.1:$port
 log=$(mktemp)
-"$bin" serve --listen "$addr" --metrics-listen "" --log info >"$log" 2>&1 &
+"$bin" serve --listen "$addr" --metrics-listen "" --log info --ephemeral >"$log" 2>&1 &
 pid=$!
 cleanup() {
   if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi

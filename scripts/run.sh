@@ -19,9 +19,14 @@ PORT=${BERTH_PORT:-50051}
 METRICS=${BERTH_METRICS_PORT:-9090}
 export BERTH_ENGINE="http://127.0.0.1:$PORT"
 LOG=target/berth-engine.log
+RUN=target/run
+DATA=$RUN/data
+# A fresh cloud each run (the demo creates flavors and groups by name).
+rm -rf "$DATA"
+mkdir -p "$RUN"
 
-echo "== starting berth-engine on 127.0.0.1:$PORT (log: $LOG, metrics: http://127.0.0.1:$METRICS/metrics)"
-"$BIN/berth-engine" serve --listen "127.0.0.1:$PORT" --metrics-listen "127.0.0.1:$METRICS" >"$LOG" 2>&1 &
+echo "== starting berth-engine on 127.0.0.1:$PORT (log: $LOG, metrics: http://127.0.0.1:$METRICS/metrics, data: $DATA)"
+"$BIN/berth-engine" serve --listen "127.0.0.1:$PORT" --metrics-listen "127.0.0.1:$METRICS" --data-dir "$DATA" >"$LOG" 2>&1 &
 ENGINE=$!
 NODES=()
 cleanup() { kill "${NODES[@]}" $ENGINE 2>/dev/null || true; }
@@ -33,8 +38,6 @@ for _ in $(seq 100); do
 done
 
 b() { echo "\$ berth $*"; "$BIN/berth" "$@"; echo; }
-RUN=target/run
-mkdir -p "$RUN"
 # start_node NAME AZ VCPUS MEMORY_MB: a berth-node on its own simulated libvirt test host.
 start_node() {
   "$BIN/berth-node" --engine "$BERTH_ENGINE" --name "$1" --az "$2" \

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_engine::Engine;
-use berth_engine::api::{self, BerthConfig};
+use berth_engine::api::{self, BerthConfig, Restored};
+use berth_engine::store::{Store, StoreConfig};
 use clap::{Parser, Subcommand};
 
 // mimalloc instead of glibc malloc: a gRPC call allocates dozens of small buffers (headers,
@@ -47,6 +48,19 @@ enum Command {
         /// Provider shards (power of two; 0 = 4 × cores).
         #[arg(long, env = "BERTH_SHARDS")]
         shards: Option<usize>,
+        /// Data directory: every acknowledged change is kept here and survives a crash
+        /// [default: ./berth-data, or [store] data_dir].
+        #[arg(long, env = "BERTH_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Keep nothing on disk (a pure in-memory engine; everything is gone when it stops).
+        #[arg(long, env = "BERTH_EPHEMERAL", conflicts_with_all = ["data_dir", "recover"])]
+        ephemeral: bool,
+        /// Start even if the data directory is damaged: load every record whose checksum
+        /// verifies, move the damaged files to <data-dir>/damaged-<time>/ and report what
+        /// was lost. Without it, damage stops the start (a torn last record — a write cut
+        /// by a crash, never acknowledged — is always dropped with a warning).
+        #[arg(long)]
+        recover: bool,
     },
     /// Print the default configuration as TOML.
     DefaultConfig,
@@ -65,6 +79,9 @@ fn main() -> ExitCode {
             metrics_listen,
             log,
             shards,
+            data_dir,
+            ephemeral,
+            recover,
         } => {
             let mut cfg = match &config {
                 Some(path) => match std::fs::read_to_string(path) {
@@ -88,8 +105,14 @@ fn main() -> ExitCode {
             if let Some(v) = shards {
                 cfg.engine.shards = v;
             }
+            if let Some(v) = data_dir {
+                cfg.store.data_dir = v;
+            }
+            if ephemeral {
+                cfg.store.ephemeral = true;
+            }
             init_logging(&cfg.server.log);
-            match serve(cfg) {
+            match serve(cfg, recover) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(&e),
             }
@@ -134,16 +157,70 @@ fn raise_open_file_limit() {
     }
 }
 
-fn serve(cfg: BerthConfig) -> Result<(), String> {
+/// Opens the data directory and rebuilds the engine from it, saying what it found.
+fn open_store(engine: &Engine, cfg: &StoreConfig, recover: bool) -> Result<Restored, String> {
+    let dir = cfg.data_dir.display().to_string();
+    tracing::info!(data_dir = %dir, "opening the data directory");
+    let progress = |what: &str, done: u64, total: u64| {
+        tracing::info!("reading {what}: {done} of {total}");
+    };
+    let (store, state, report) = Store::open(cfg, recover, &progress)?;
+    if let Some((path, records)) = &report.snapshot {
+        tracing::info!(records, "snapshot {} loaded", path.display());
+    }
+    if let Some((path, offset, bytes)) = &report.torn_tail {
+        tracing::warn!(
+            "{}: dropped a torn record at byte {offset} ({bytes} bytes): a write cut by the last stop, never acknowledged",
+            path.display()
+        );
+    }
+    for d in &report.damage {
+        tracing::error!("damaged: {d}");
+    }
+    if let Some(to) = &report.moved_to {
+        tracing::error!(
+            "recovered what verified; the damaged files are kept in {}",
+            to.display()
+        );
+    }
+    let started = std::time::Instant::now();
+    let restored = engine.restore(&state);
+    for s in &restored.skipped {
+        tracing::error!("not restored: {s}");
+    }
+    tracing::info!(
+        read_ms = report.elapsed.as_millis() as u64,
+        rebuild_ms = started.elapsed().as_millis() as u64,
+        log_records = report.records,
+        "state restored from {dir}: {}",
+        state.summary()
+    );
+    engine.attach_store(store);
+    Ok(Restored {
+        state,
+        snapshot_now: report.moved_to.is_some(),
+    })
+}
+
+fn serve(cfg: BerthConfig, recover: bool) -> Result<(), String> {
     raise_open_file_limit();
     let engine =
         Arc::new(Engine::new(cfg.engine.clone()).map_err(|e| format!("configuration: {e}"))?);
+    let restored = if cfg.store.ephemeral {
+        tracing::warn!(
+            "ephemeral: nothing is written to disk; everything is lost when the engine stops"
+        );
+        None
+    } else {
+        Some(open_store(&engine, &cfg.store, recover)?)
+    };
     // Worker threads = cores: more runtimes or threads than cores only adds latency.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
     rt.block_on(async move {
+        ignore_file_size_signal();
         let listener = tokio::net::TcpListener::bind(&cfg.server.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", cfg.server.listen))?;
@@ -164,9 +241,16 @@ fn serve(cfg: BerthConfig) -> Result<(), String> {
             let server_cfg = cfg.server.clone();
             let compute_cfg = cfg.compute.clone();
             async move {
-                api::serve(engine, &server_cfg, &compute_cfg, listener, async {
-                    let _ = stop_rx.await;
-                })
+                api::serve_restored(
+                    engine,
+                    &server_cfg,
+                    &compute_cfg,
+                    listener,
+                    async {
+                        let _ = stop_rx.await;
+                    },
+                    restored,
+                )
                 .await
                 .map_err(|e| e.to_string())
             }
@@ -182,6 +266,24 @@ fn serve(cfg: BerthConfig) -> Result<(), String> {
             )),
         }
     })
+}
+
+/// A write past RLIMIT_FSIZE raises SIGXFSZ, which kills the process by default; handled,
+/// the write fails with EFBIG instead, and the store refuses changes and keeps serving
+/// reads, as for a full disk.
+fn ignore_file_size_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        const SIGXFSZ: i32 = 25;
+        if let Ok(mut s) = signal(SignalKind::from_raw(SIGXFSZ)) {
+            tokio::spawn(async move {
+                while s.recv().await.is_some() {
+                    tracing::warn!("SIGXFSZ: a write went past the file-size limit");
+                }
+            });
+        }
+    }
 }
 
 async fn shutdown_signal() {

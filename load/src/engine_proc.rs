@@ -63,6 +63,7 @@ impl EngineProcess {
             .arg("serve")
             .arg("--config")
             .arg(&config.0)
+            .arg("--ephemeral")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

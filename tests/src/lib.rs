@@ -10,6 +10,8 @@
 //! # }
 //! ```
 
+pub mod proc;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

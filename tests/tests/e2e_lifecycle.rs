@@ -10,7 +10,6 @@
 //!   it registers again and the engine reconciles what it reports.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -94,25 +93,7 @@ impl Node {
             }
         }
         let mut child = cmd.spawn().expect("spawn berth-node");
-        let pipes: Vec<Box<dyn Read + Send>> = vec![
-            Box::new(child.stdout.take().expect("stdout")),
-            Box::new(child.stderr.take().expect("stderr")),
-        ];
-        for mut pipe in pipes {
-            let output = self.output.clone();
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = pipe.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    output
-                        .lock()
-                        .expect("output lock")
-                        .push_str(&String::from_utf8_lossy(&buf[..n]));
-                }
-            });
-        }
+        berth_tests::proc::collect_output(&mut child, &self.output);
         self.child = Some(child);
     }
 

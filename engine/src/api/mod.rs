@@ -66,6 +66,8 @@ pub struct BerthConfig {
     pub engine: EngineConfig,
     /// Compute nodes and the instance lifecycle.
     pub compute: crate::lifecycle::ComputeConfig,
+    /// Durability: the data directory and snapshots.
+    pub store: crate::store::StoreConfig,
 }
 
 impl BerthConfig {
@@ -127,6 +129,42 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    serve_restored(engine, config, compute, listener, shutdown, None).await
+}
+
+/// The snapshot source of a durable engine: the engine's objects, then the servers.
+struct Everything {
+    engine: Arc<Engine>,
+    conductor: Arc<Conductor>,
+}
+
+impl crate::store::SnapshotSource for Everything {
+    fn export(&self, out: &mut dyn FnMut(crate::store::record::Record)) {
+        self.engine.export(out);
+        self.conductor.export(out);
+    }
+}
+
+/// What start-up read from the store, for [`serve_restored`].
+#[derive(Debug)]
+pub struct Restored {
+    /// The state read (the engine was rebuilt from it already; the servers are next).
+    pub state: crate::store::State,
+    /// Take a snapshot at once (after `--recover` moved the damaged files aside).
+    pub snapshot_now: bool,
+}
+
+/// [`serve`] for an engine rebuilt from its store (`engine.store()` set): restores the
+/// servers, snapshots as the log grows, and answers each call only once its changes are
+/// durable.
+pub async fn serve_restored(
+    engine: Arc<Engine>,
+    config: &ServerConfig,
+    compute: &ComputeConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    restored: Option<Restored>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let max = config.max_message_bytes;
     let placement = PlacementServer::new(placement::PlacementApi {
         engine: engine.clone(),
@@ -144,6 +182,29 @@ pub async fn serve(
     // the hub.
     let hub = NodeHub::new(engine.clone(), compute.clone());
     let conductor = Conductor::new(engine.clone(), hub.clone(), compute.clone());
+    if let Some(r) = &restored {
+        let (n, skipped) = conductor.restore(&r.state);
+        for s in &skipped {
+            tracing::error!("not restored: {s}");
+        }
+        if n > 0 || !skipped.is_empty() {
+            tracing::info!(servers = n, skipped = skipped.len(), "servers restored");
+        }
+    }
+    let store = engine.store().cloned();
+    if let Some(store) = &store {
+        store.set_source(Arc::new(Everything {
+            engine: engine.clone(),
+            conductor: conductor.clone(),
+        }));
+        if restored.as_ref().is_some_and(|r| r.snapshot_now) {
+            let s = store.clone();
+            tokio::task::spawn_blocking(move || s.snapshot())
+                .await
+                .map_err(|e| format!("snapshot task: {e}"))??;
+        }
+    }
+    drop(restored);
     hub.set_reconciler(conductor.clone());
     let liveness = hub.spawn_liveness_monitor();
     let nodes = NodesServer::new(nodes::NodesApi::new(hub.clone())).max_decoding_message_size(max);
@@ -206,7 +267,7 @@ pub async fn serve(
     };
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
-        .layer(layer::RequestIdLayer)
+        .layer(layer::RequestIdLayer::new(store.clone()))
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -218,6 +279,16 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     liveness.abort();
+    if let Some(store) = store {
+        // A snapshot now makes the next start read one file instead of the log.
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.snapshot()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!("no snapshot at shutdown: {e}"),
+            Err(e) => tracing::warn!("no snapshot at shutdown: {e}"),
+        }
+        store.close();
+    }
     tracing::info!("berth-engine stopped");
     Ok(())
 }

@@ -38,6 +38,7 @@ mod create;
 pub(crate) mod fake_dispatcher;
 mod idempotency;
 mod moves;
+mod persist;
 mod reconcile;
 pub mod server;
 #[cfg(test)]
@@ -354,7 +355,7 @@ pub struct EvacuationResult {
     pub message: String,
 }
 
-type Rec = Arc<Mutex<ServerRecord>>;
+type Rec = Arc<persist::ServerCell>;
 type EvacuationLog = RequestLog<Vec<EvacuationResult>, Vec<EvacuationResult>>;
 
 /// The servers and their state machine. Share it as `Arc<Conductor>`.
