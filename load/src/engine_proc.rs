@@ -41,7 +41,12 @@ fn default_bin() -> Option<PathBuf> {
 
 impl EngineProcess {
     /// Starts `berth-engine serve` on a free port and waits until it accepts connections.
-    pub async fn spawn(bin: Option<&Path>, pack: bool) -> Result<Self, String> {
+    /// Durable in `data_dir` when given, `--ephemeral` otherwise.
+    pub async fn spawn(
+        bin: Option<&Path>,
+        pack: bool,
+        data_dir: Option<&Path>,
+    ) -> Result<Self, String> {
         let bin = bin.map(Path::to_path_buf).or_else(default_bin).ok_or(
             "cannot find berth-engine next to berth-load; build it (cargo build --release -p berth-engine) or pass --engine-bin / --engine",
         )?;
@@ -59,11 +64,13 @@ impl EngineProcess {
             ),
         )
         .map_err(|e| format!("writing {}: {e}", config.0.display()))?;
-        let child = Command::new(&bin)
-            .arg("serve")
-            .arg("--config")
-            .arg(&config.0)
-            .arg("--ephemeral")
+        let mut cmd = Command::new(&bin);
+        cmd.arg("serve").arg("--config").arg(&config.0);
+        match data_dir {
+            Some(d) => cmd.arg("--data-dir").arg(d),
+            None => cmd.arg("--ephemeral"),
+        };
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

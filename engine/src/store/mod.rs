@@ -299,6 +299,52 @@ fn read(path: &Path) -> Result<Vec<u8>, String> {
 /// Progress callback: (what, done, total).
 pub type Progress<'a> = &'a dyn Fn(&str, u64, u64);
 
+/// Frames read but not yet applied: decoded in parallel (the costly part of a start),
+/// applied in order.
+struct Pending<'a> {
+    frames: Vec<(usize, &'a [u8])>,
+}
+
+impl<'a> Pending<'a> {
+    const BATCH: usize = 1 << 14;
+
+    fn new() -> Self {
+        Self {
+            frames: Vec::with_capacity(Self::BATCH),
+        }
+    }
+
+    /// Decodes and applies what is pending. Returns the records applied and, for the
+    /// first record that failed, its offset and why; with `stop_at_error` nothing after
+    /// that record is applied.
+    fn flush(
+        &mut self,
+        state: &mut State,
+        stop_at_error: bool,
+        errors: &mut Vec<(usize, String)>,
+    ) -> (u64, bool) {
+        use rayon::prelude::*;
+        let decoded: Vec<Result<Record, prost::DecodeError>> = self
+            .frames
+            .par_iter()
+            .map(|(_, payload)| Record::decode(*payload))
+            .collect();
+        let mut applied = 0;
+        for ((off, _), rec) in self.frames.drain(..).zip(decoded) {
+            match rec.map_err(|e| e.to_string()).and_then(|r| state.apply(r)) {
+                Ok(()) => applied += 1,
+                Err(e) => {
+                    errors.push((off, format!("undecodable record: {e}")));
+                    if stop_at_error {
+                        return (applied, true);
+                    }
+                }
+            }
+        }
+        (applied, false)
+    }
+}
+
 fn load_snapshot(
     path: &Path,
     state: &mut State,
@@ -320,15 +366,14 @@ fn load_snapshot(
     let mut off = frame::HEADER_LEN;
     let mut count = 0u64;
     let mut last_report = 0;
-    loop {
+    let mut pending = Pending::new();
+    let mut errors = Vec::new();
+    let result = loop {
         match frame::read_item(&bytes, off) {
             frame::Item::Frame(payload, next) => {
-                match Record::decode(payload)
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| state.apply(r))
-                {
-                    Ok(()) => count += 1,
-                    Err(e) => damage.push(dmg(off, format!("undecodable record: {e}"))),
+                pending.frames.push((off, payload));
+                if pending.frames.len() >= Pending::BATCH {
+                    count += pending.flush(state, false, &mut errors).0;
                 }
                 off = next;
                 if off - last_report > 64 << 20 {
@@ -336,28 +381,32 @@ fn load_snapshot(
                     progress("snapshot", off as u64, total);
                 }
             }
-            frame::Item::Trailer(n) => {
-                if n != count && damage.len() == before {
-                    damage.push(dmg(
-                        off,
-                        format!("trailer counts {n} records, {count} verified"),
-                    ));
-                }
-                return Ok(count);
-            }
+            frame::Item::Trailer(n) => break Some(n),
             frame::Item::End => {
                 damage.push(dmg(off, "no trailer: the snapshot is incomplete".into()));
-                return Ok(count);
+                break None;
             }
             frame::Item::Bad(what) => {
                 damage.push(dmg(off, what));
                 match frame::next_valid_frame(&bytes, off) {
                     Some(n) => off = n,
-                    None => return Ok(count),
+                    None => break None,
                 }
             }
         }
+    };
+    count += pending.flush(state, false, &mut errors).0;
+    damage.extend(errors.into_iter().map(|(o, e)| dmg(o, e)));
+    if let Some(n) = result
+        && n != count
+        && damage.len() == before
+    {
+        damage.push(dmg(
+            off,
+            format!("trailer counts {n} records, {count} verified"),
+        ));
     }
+    Ok(count)
 }
 
 /// Reads one segment: applies its records, returns (records, verified length, next LSN).
@@ -381,38 +430,35 @@ fn load_segment(
     }
     let mut off = frame::HEADER_LEN;
     let mut count = 0u64;
-    loop {
+    let mut pending = Pending::new();
+    let mut errors = Vec::new();
+    // Where reading stopped (the verified length), unless a flush stops earlier.
+    let mut end = loop {
         match frame::read_item(&bytes, off) {
             frame::Item::Frame(payload, next) => {
-                match Record::decode(payload)
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| state.apply(r))
-                {
-                    Ok(()) => count += 1,
-                    Err(e) => {
-                        report
-                            .damage
-                            .push(dmg(off, format!("undecodable record: {e}")));
-                        if !skip_damage {
-                            return Ok((count, off as u64));
-                        }
+                pending.frames.push((off, payload));
+                if pending.frames.len() >= Pending::BATCH {
+                    let (n, stopped) = pending.flush(state, !skip_damage, &mut errors);
+                    count += n;
+                    if stopped {
+                        break None;
                     }
                 }
                 off = next;
             }
-            frame::Item::End => return Ok((count, off as u64)),
+            frame::Item::End => break Some(off),
             frame::Item::Trailer(_) => {
                 report
                     .damage
                     .push(dmg(off, "a snapshot trailer inside a log segment".into()));
-                return Ok((count, off as u64));
+                break Some(off);
             }
             frame::Item::Bad(what) => {
                 let resume = frame::next_valid_frame(&bytes, off);
                 if is_last && resume.is_none() {
                     report.torn_tail =
                         Some((path.to_path_buf(), off as u64, (bytes.len() - off) as u64));
-                    return Ok((count, off as u64));
+                    break Some(off);
                 }
                 report.damage.push(dmg(
                     off,
@@ -423,11 +469,21 @@ fn load_segment(
                 ));
                 match resume {
                     Some(r) if skip_damage => off = r,
-                    _ => return Ok((count, off as u64)),
+                    _ => break Some(off),
                 }
             }
         }
+    };
+    let (n, stopped) = pending.flush(state, !skip_damage, &mut errors);
+    count += n;
+    if stopped || end.is_none() {
+        // An undecodable record ends the verified part (without --recover).
+        end = errors.first().map(|(o, _)| *o);
     }
+    report
+        .damage
+        .extend(errors.into_iter().map(|(o, e)| dmg(o, e)));
+    Ok((count, end.unwrap_or(off) as u64))
 }
 
 impl Store {
