@@ -11,7 +11,8 @@ use super::shard::Shard;
 use super::{Engine, HostRef};
 use crate::error::{EngineError, Result};
 use crate::model::{
-    ClassId, FlavorSpec, GroupPolicy, ImageSpec, Inventory, ProviderSpec, ServerGroupSpec,
+    ClassId, FlavorSpec, GroupPolicy, ImageSpec, Inventory, MAX_AMOUNT, ProviderSpec,
+    ServerGroupSpec,
 };
 use crate::store::record::{
     AggregateMetadataRec, AllocationRec, Change, ConsumerGone, ConsumerRec, FlavorRec, GroupRec,
@@ -381,6 +382,16 @@ impl Engine {
                     .read()
                     .get(class)
                     .ok_or_else(|| format!("unknown resource class {class}"))?;
+                if *n == 0 || *n > MAX_AMOUNT {
+                    return Err(format!("{n} {class} is outside 1..={MAX_AMOUNT}"));
+                }
+                let s = self.shards[host.shard as usize].read();
+                if s.free_of(host.slot as usize, ClassId(id)).is_none() {
+                    return Err(format!("provider {provider} has no {class} inventory"));
+                }
+                if amounts.iter().any(|(c, _)| c.0 == id) {
+                    return Err(format!("{class} listed twice"));
+                }
                 amounts.push((ClassId(id), *n));
             }
             out.push(HostAlloc {
@@ -398,6 +409,9 @@ impl Engine {
     fn restore_consumer(&self, id: &Uuid, c: &ConsumerRec) -> std::result::Result<(), String> {
         let fail = |e: String| format!("consumer {id}: {e}");
         let allocations = self.resolve_recs(&c.allocations).map_err(fail)?;
+        if allocations.is_empty() {
+            return Err(fail("it holds no allocations".into()));
+        }
         let moving = self.resolve_recs(&c.moving).map_err(fail)?;
         let group = if c.group.is_empty() {
             None

@@ -347,11 +347,11 @@ impl<'a> Pending<'a> {
 
 fn load_snapshot(
     path: &Path,
+    bytes: &[u8],
     state: &mut State,
     damage: &mut Vec<Damage>,
     progress: Progress,
 ) -> Result<u64, String> {
-    let bytes = read(path)?;
     let total = bytes.len() as u64;
     let dmg = |offset: usize, what: String| Damage {
         file: path.to_path_buf(),
@@ -413,12 +413,12 @@ fn load_snapshot(
 /// Stops at the first bad item; `skip_damage` then resumes at the next verified frame.
 fn load_segment(
     path: &Path,
+    bytes: &[u8],
     state: &mut State,
     is_last: bool,
     skip_damage: bool,
     report: &mut RecoveryReport,
 ) -> Result<(u64, u64), String> {
-    let bytes = read(path)?;
     let dmg = |offset: usize, what: String| Damage {
         file: path.to_path_buf(),
         offset: offset as u64,
@@ -486,6 +486,27 @@ fn load_segment(
     Ok((count, end.unwrap_or(off) as u64))
 }
 
+/// Reads a log segment (`snapshot == false`) or a snapshot from memory, as start-up would,
+/// without touching any file: for tools and the fuzzer. Damage is reported, never a panic.
+pub fn decode_file(bytes: &[u8], snapshot: bool, recover: bool) -> (State, RecoveryReport) {
+    let mut state = State::default();
+    let mut report = RecoveryReport::default();
+    let path = Path::new(if snapshot { "snapshot" } else { "segment" });
+    let r = if snapshot {
+        load_snapshot(path, bytes, &mut state, &mut report.damage, &|_, _, _| {}).map(|_| ())
+    } else {
+        load_segment(path, bytes, &mut state, true, recover, &mut report).map(|_| ())
+    };
+    if let Err(e) = r {
+        report.damage.push(Damage {
+            file: path.to_path_buf(),
+            offset: 0,
+            what: e,
+        });
+    }
+    (state, report)
+}
+
 impl Store {
     /// Opens (creating if needed) the store in `config.data_dir`: locks it, loads the
     /// newest snapshot and replays the log. Damage other than a torn final record is an
@@ -521,7 +542,8 @@ impl Store {
         let mut damaged_files: Vec<PathBuf> = Vec::new();
         if let Some((base, path)) = files.snapshots.last() {
             let before = report.damage.len();
-            let n = load_snapshot(path, &mut state, &mut report.damage, progress)?;
+            let bytes = read(path)?;
+            let n = load_snapshot(path, &bytes, &mut state, &mut report.damage, progress)?;
             if report.damage.len() > before {
                 damaged_files.push(path.clone());
             }
@@ -552,7 +574,8 @@ impl Store {
             }
             let is_last = i + 1 == segments.len();
             let before = report.damage.len();
-            let (n, len) = load_segment(path, &mut state, is_last, recover, &mut report)?;
+            let bytes = read(path)?;
+            let (n, len) = load_segment(path, &bytes, &mut state, is_last, recover, &mut report)?;
             if report.damage.len() > before {
                 damaged_files.push(path.clone());
             }
