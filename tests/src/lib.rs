@@ -10,6 +10,7 @@
 //! # }
 //! ```
 
+pub mod node;
 pub mod proc;
 
 use std::net::SocketAddr;

@@ -359,7 +359,7 @@ fn load_snapshot(
         what,
     };
     let before = damage.len();
-    if let Err(e) = frame::parse_header(frame::SNAP_MAGIC, &bytes) {
+    if let Err(e) = frame::parse_header(frame::SNAP_MAGIC, bytes) {
         damage.push(dmg(0, e));
         return Ok(0);
     }
@@ -369,7 +369,7 @@ fn load_snapshot(
     let mut pending = Pending::new();
     let mut errors = Vec::new();
     let result = loop {
-        match frame::read_item(&bytes, off) {
+        match frame::read_item(bytes, off) {
             frame::Item::Frame(payload, next) => {
                 pending.frames.push((off, payload));
                 if pending.frames.len() >= Pending::BATCH {
@@ -388,7 +388,7 @@ fn load_snapshot(
             }
             frame::Item::Bad(what) => {
                 damage.push(dmg(off, what));
-                match frame::next_valid_frame(&bytes, off) {
+                match frame::next_valid_frame(bytes, off) {
                     Some(n) => off = n,
                     None => break None,
                 }
@@ -424,7 +424,7 @@ fn load_segment(
         offset: offset as u64,
         what,
     };
-    if let Err(e) = frame::parse_header(frame::WAL_MAGIC, &bytes) {
+    if let Err(e) = frame::parse_header(frame::WAL_MAGIC, bytes) {
         report.damage.push(dmg(0, e));
         return Ok((0, 0));
     }
@@ -434,7 +434,7 @@ fn load_segment(
     let mut errors = Vec::new();
     // Where reading stopped (the verified length), unless a flush stops earlier.
     let mut end = loop {
-        match frame::read_item(&bytes, off) {
+        match frame::read_item(bytes, off) {
             frame::Item::Frame(payload, next) => {
                 pending.frames.push((off, payload));
                 if pending.frames.len() >= Pending::BATCH {
@@ -454,7 +454,7 @@ fn load_segment(
                 break Some(off);
             }
             frame::Item::Bad(what) => {
-                let resume = frame::next_valid_frame(&bytes, off);
+                let resume = frame::next_valid_frame(bytes, off);
                 if is_last && resume.is_none() {
                     report.torn_tail =
                         Some((path.to_path_buf(), off as u64, (bytes.len() - off) as u64));
