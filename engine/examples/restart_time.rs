@@ -148,3 +148,7 @@ fn dir_mb(dir: &std::path::Path) -> f64 {
         .unwrap_or(0) as f64
         / (1 << 20) as f64
 }
+
+// As in the berth-engine binary: the rebuild allocates millions of small objects.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -204,7 +204,12 @@ pub async fn serve_restored(
                 .map_err(|e| format!("snapshot task: {e}"))??;
         }
     }
-    drop(restored);
+    // Freeing a million records takes a while; nobody needs to wait for it.
+    if let Some(r) = restored {
+        let _ = std::thread::Builder::new()
+            .name("berth-free".into())
+            .spawn(move || drop(r));
+    }
     hub.set_reconciler(conductor.clone());
     let liveness = hub.spawn_liveness_monitor();
     let nodes = NodesServer::new(nodes::NodesApi::new(hub.clone())).max_decoding_message_size(max);

@@ -1,6 +1,7 @@
 //! The engine's side of durability: the records its changes write, the full dump a
 //! snapshot takes, and the rebuild from what the store read at start-up.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use rayon::prelude::*;
@@ -350,21 +351,58 @@ impl Engine {
                 Err(e) => report.skipped.push(format!("resource provider {id}: {e}")),
             }
         }
-        let results: Vec<std::result::Result<(), String>> = state
+        // Consumers in parallel. Class names resolve through a table read once; each
+        // thread shares the project and user strings it meets (a million consumers hold a
+        // few hundred distinct ones) and adds up project usage locally, merged at the end.
+        let classes: Vec<(String, ClassId)> = {
+            let t = self.classes.read();
+            t.names()
+                .enumerate()
+                .map(|(i, n)| (n.to_string(), ClassId(i as u32)))
+                .collect()
+        };
+        let (restored, skipped, usage) = state
             .consumers
             .par_iter()
-            .map(|(id, c)| self.restore_consumer(id, c))
-            .collect();
-        for r in results {
-            match r {
-                Ok(()) => report.consumers += 1,
-                Err(e) => report.skipped.push(e),
+            .fold(RestoreAcc::default, |mut acc, (id, c)| {
+                match self.restore_consumer(id, c, &classes, &mut acc) {
+                    Ok(()) => acc.restored += 1,
+                    Err(e) => acc.skipped.push(e),
+                }
+                acc
+            })
+            .map(|acc| (acc.restored, acc.skipped, acc.usage))
+            .reduce(
+                || (0, Vec::new(), HashMap::new()),
+                |(n1, mut s1, mut u1), (n2, s2, u2)| {
+                    s1.extend(s2);
+                    for (project, (amounts, consumers)) in u2 {
+                        let e = u1.entry(project).or_insert_with(|| (BTreeMap::new(), 0));
+                        for (c, n) in amounts {
+                            *e.0.entry(c).or_default() += n;
+                        }
+                        e.1 += consumers;
+                    }
+                    (n1 + n2, s1, u1)
+                },
+            );
+        for (project, (amounts, consumers)) in usage {
+            let mut p = self.projects.entry(project).or_default();
+            for (c, n) in amounts {
+                *p.amounts.entry(c).or_default() += n;
             }
+            p.consumers += consumers;
         }
+        report.consumers = restored;
+        report.skipped.extend(skipped);
         report
     }
 
-    fn resolve_recs(&self, recs: &[AllocationRec]) -> std::result::Result<Vec<HostAlloc>, String> {
+    fn resolve_recs(
+        &self,
+        recs: &[AllocationRec],
+        classes: &[(String, ClassId)],
+    ) -> std::result::Result<Vec<HostAlloc>, String> {
         let mut out = Vec::with_capacity(recs.len());
         for a in recs {
             let provider = Uuid::from_slice(&a.provider)
@@ -377,22 +415,18 @@ impl Engine {
             }
             let mut amounts = Amounts::new();
             for (class, n) in a.classes.iter().zip(&a.amounts) {
-                let id = self
-                    .classes
-                    .read()
-                    .get(class)
+                let id = classes
+                    .iter()
+                    .find(|(name, _)| name == class)
+                    .map(|(_, id)| *id)
                     .ok_or_else(|| format!("unknown resource class {class}"))?;
                 if *n == 0 || *n > MAX_AMOUNT {
                     return Err(format!("{n} {class} is outside 1..={MAX_AMOUNT}"));
                 }
-                let s = self.shards[host.shard as usize].read();
-                if s.free_of(host.slot as usize, ClassId(id)).is_none() {
-                    return Err(format!("provider {provider} has no {class} inventory"));
-                }
-                if amounts.iter().any(|(c, _)| c.0 == id) {
+                if amounts.iter().any(|(c, _)| *c == id) {
                     return Err(format!("{class} listed twice"));
                 }
-                amounts.push((ClassId(id), *n));
+                amounts.push((id, *n));
             }
             out.push(HostAlloc {
                 host,
@@ -405,14 +439,20 @@ impl Engine {
 
     /// Puts back one consumer: its usage on each provider (without a capacity check: it
     /// fitted when it was claimed, and an inventory may since have shrunk under it, as
-    /// Placement allows), its project's usage and its group membership.
-    fn restore_consumer(&self, id: &Uuid, c: &ConsumerRec) -> std::result::Result<(), String> {
+    /// Placement allows), its group membership, and (into `acc`) its project's usage.
+    fn restore_consumer(
+        &self,
+        id: &Uuid,
+        c: &ConsumerRec,
+        classes: &[(String, ClassId)],
+        acc: &mut RestoreAcc,
+    ) -> std::result::Result<(), String> {
         let fail = |e: String| format!("consumer {id}: {e}");
-        let allocations = self.resolve_recs(&c.allocations).map_err(fail)?;
+        let allocations = self.resolve_recs(&c.allocations, classes).map_err(fail)?;
         if allocations.is_empty() {
             return Err(fail("it holds no allocations".into()));
         }
-        let moving = self.resolve_recs(&c.moving).map_err(fail)?;
+        let moving = self.resolve_recs(&c.moving, classes).map_err(fail)?;
         let group = if c.group.is_empty() {
             None
         } else {
@@ -421,17 +461,52 @@ impl Engine {
                     .map_err(|_| fail("its group uuid is not 16 bytes".into()))?,
             )
         };
-        for a in allocations.iter().chain(&moving) {
+        // Each provider must still have an inventory of every class; checked and applied
+        // under one write lock per provider, undone if a later one fails.
+        let all: Vec<&HostAlloc> = allocations.iter().chain(&moving).collect();
+        for (k, a) in all.iter().enumerate() {
             let mut s = self.shards[a.host.shard as usize].write();
             let i = a.host.slot as usize;
+            if let Some((class, _)) = a
+                .amounts
+                .iter()
+                .find(|(class, _)| s.free_of(i, *class).is_none())
+            {
+                drop(s);
+                for done in &all[..k] {
+                    let mut s = self.shards[done.host.shard as usize].write();
+                    let j = done.host.slot as usize;
+                    for &(class, n) in &done.amounts {
+                        s.sub_usage(j, class, n);
+                    }
+                    s.instances[j] = s.instances[j].saturating_sub(1);
+                }
+                let name = classes
+                    .iter()
+                    .find(|(_, c)| c == class)
+                    .map_or("?", |(n, _)| n.as_str());
+                return Err(fail(format!(
+                    "provider {} has no {name} inventory",
+                    a.provider
+                )));
+            }
             for &(class, n) in &a.amounts {
                 s.add_usage(i, class, n);
             }
             s.instances[i] += 1;
         }
-        let project: Arc<str> = Arc::from(c.project.as_str());
-        let all: Vec<HostAlloc> = allocations.iter().chain(&moving).cloned().collect();
-        self.project_add(&project, &all, 1, 1);
+        let project = acc.shared(&c.project);
+        let user = acc.shared(&c.user);
+        let usage = acc
+            .usage
+            .entry(project.clone())
+            .or_insert_with(|| (BTreeMap::new(), 0));
+        for a in &all {
+            for &(class, n) in &a.amounts {
+                *usage.0.entry(class).or_default() += n;
+            }
+        }
+        usage.1 += 1;
         if let Some(g) = group.and_then(|g| self.groups.get(&g).map(|r| r.clone())) {
             let mut g = g.lock();
             for a in &all {
@@ -442,7 +517,7 @@ impl Engine {
             *id,
             Consumer {
                 project,
-                user: Arc::from(c.user.as_str()),
+                user,
                 generation: c.generation,
                 allocations,
                 moving: (!c.moving.is_empty()).then_some(moving),
@@ -450,6 +525,28 @@ impl Engine {
             },
         );
         Ok(())
+    }
+}
+
+/// One rebuild thread's tally (see `restore`).
+#[derive(Default)]
+struct RestoreAcc {
+    restored: usize,
+    skipped: Vec<String>,
+    /// project → (amount per class, consumers).
+    usage: HashMap<Arc<str>, (BTreeMap<ClassId, u64>, u64)>,
+    strings: HashMap<String, Arc<str>>,
+}
+
+impl RestoreAcc {
+    /// One `Arc<str>` per distinct string.
+    fn shared(&mut self, s: &str) -> Arc<str> {
+        if let Some(a) = self.strings.get(s) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(s);
+        self.strings.insert(s.to_string(), a.clone());
+        a
     }
 }
 

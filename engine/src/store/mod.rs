@@ -71,11 +71,11 @@ impl Default for StoreConfig {
 #[derive(Debug, Default)]
 pub struct State {
     /// Providers by uuid.
-    pub providers: HashMap<Uuid, record::ProviderRec>,
+    pub providers: FastMap<Uuid, record::ProviderRec>,
     /// Highest generation seen per provider (claims bump it without a provider record).
-    pub provider_generations: HashMap<Uuid, u64>,
+    pub provider_generations: FastMap<Uuid, u64>,
     /// Consumers by uuid.
-    pub consumers: HashMap<Uuid, record::ConsumerRec>,
+    pub consumers: FastMap<Uuid, record::ConsumerRec>,
     /// Groups by uuid.
     pub groups: HashMap<Uuid, record::GroupRec>,
     /// Flavors by id.
@@ -87,8 +87,12 @@ pub struct State {
     /// Aggregate metadata.
     pub aggregate_metadata: BTreeMap<String, BTreeMap<String, String>>,
     /// Servers by uuid.
-    pub servers: HashMap<Uuid, record::ServerRec>,
+    pub servers: FastMap<Uuid, record::ServerRec>,
 }
+
+/// A map keyed by random uuids, filled a million times at start-up: foldhash instead of
+/// SipHash (no hash-flooding concern: the keys come from our own log).
+pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 fn uuid_of(bytes: &[u8], what: &str) -> Result<Uuid, String> {
     Uuid::from_slice(bytes).map_err(|_| format!("{what} uuid is {} bytes, not 16", bytes.len()))
