@@ -41,7 +41,8 @@ port=$("$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); p
 addr=127.0.0.1:$port
 log=$(mktemp)
 data=$(mktemp -d)
-"$bin" serve --listen "$addr" --metrics-listen "" --log info --data-dir "$data" >"$log" 2>&1 &
+# State in memory only; the data directory holds the token key and the admin token.
+"$bin" serve --listen "$addr" --metrics-listen "" --log info --ephemeral --data-dir "$data" >"$log" 2>&1 &
 pid=$!
 cleanup() {
   if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi

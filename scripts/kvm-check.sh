@@ -162,7 +162,9 @@ through_engine() {
       "still write type kvm and spawns will fail" >&2
   fi
 
-  "$BIN/berth-engine" serve --listen "127.0.0.1:$PORT" --metrics-listen "" >"$RUN/engine.log" 2>&1 &
+  rm -rf "$RUN/data"
+  "$BIN/berth-engine" serve --listen "127.0.0.1:$PORT" --metrics-listen "" --data-dir "$RUN/data" \
+    >"$RUN/engine.log" 2>&1 &
   ENGINE=$!
   NODE=
   UUID=

@@ -22,16 +22,19 @@ PORT=${BERTH_PORT:-50051}
 METRICS=${BERTH_METRICS_PORT:-9090}
 LOG=target/berth-engine.log
 RUN=target/run
+DATA=$RUN/data
+# A fresh cloud each run (the demo creates flavors and groups by name).
+rm -rf "$DATA"
 mkdir -p "$RUN"
-# The engine keeps its token key and admin token here; the CLI and berth-load read the admin
-# token from it (the same variable).
-export BERTH_DATA_DIR="$PWD/$RUN/data"
+# The engine keeps its state, token key and admin token here; the CLI and berth-load read
+# the admin token from it (the same variable).
+export BERTH_DATA_DIR="$PWD/$DATA"
 PKI=$RUN/pki
 echo "== a development CA, the engine's certificate and three node certificates in $PKI"
 "$BIN/berth-engine" cert init --dir "$PKI" --nodes node-1,node-2,node-3 | grep -v '^wrote' || true
 export BERTH_ENGINE="https://127.0.0.1:$PORT" BERTH_CA_CERT="$PWD/$PKI/ca.pem"
 
-echo "== starting berth-engine on 127.0.0.1:$PORT, TLS (log: $LOG, metrics: http://127.0.0.1:$METRICS/metrics)"
+echo "== starting berth-engine on 127.0.0.1:$PORT, TLS (log: $LOG, metrics: http://127.0.0.1:$METRICS/metrics, data: $DATA)"
 "$BIN/berth-engine" serve --listen "127.0.0.1:$PORT" --metrics-listen "127.0.0.1:$METRICS" \
   --tls-cert "$PKI/engine.pem" --tls-key "$PKI/engine.key" --tls-client-ca "$PKI/ca.pem" >"$LOG" 2>&1 &
 ENGINE=$!

@@ -198,6 +198,21 @@ pub struct Settings {
     /// The client certificate's key (PEM).
     #[arg(long, env = "BERTH_NODE_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Testing: hold every action this many milliseconds before the driver runs it (a
+    /// window in which a test can kill the node with the action not yet done) [default: 0].
+    #[arg(long, env = "BERTH_NODE_ACTION_DELAY_MS")]
+    pub action_delay_ms: Option<u64>,
+    /// Testing: hold every action's result this many milliseconds after the driver ran it,
+    /// before it is answered (a window in which a test can kill the node with the action
+    /// done but unanswered) [default: 0].
+    #[arg(long, env = "BERTH_NODE_RESULT_DELAY_MS")]
+    pub result_delay_ms: Option<u64>,
+    /// Testing: keep the domains in this file so that they outlive the berth-node process,
+    /// as a real host's domains outlive the agent under libvirtd (libvirt's test driver and
+    /// the fake driver forget them when the process ends). Restored at start-up; the file
+    /// also counts every driver call per action and instance.
+    #[arg(long, env = "BERTH_NODE_TEST_DOMAINS_FILE")]
+    pub test_domains_file: Option<PathBuf>,
 }
 
 impl Settings {
@@ -254,6 +269,9 @@ impl Settings {
             ca_cert: self.ca_cert.or(lower.ca_cert),
             tls_cert: self.tls_cert.or(lower.tls_cert),
             tls_key: self.tls_key.or(lower.tls_key),
+            action_delay_ms: self.action_delay_ms.or(lower.action_delay_ms),
+            result_delay_ms: self.result_delay_ms.or(lower.result_delay_ms),
+            test_domains_file: self.test_domains_file.or(lower.test_domains_file),
         }
     }
 }
@@ -314,6 +332,13 @@ pub struct NodeConfig {
     pub fail_spawns: u32,
     /// Token and TLS material, read from their files.
     pub credentials: Credentials,
+    /// Testing: how long each action waits before the driver runs it (zero: none).
+    pub action_delay: Duration,
+    /// Testing: how long each action's result waits after the driver ran it (zero: none).
+    pub result_delay: Duration,
+    /// Testing: the file that keeps the domains across restarts (see
+    /// [`crate::durable`]).
+    pub test_domains_file: Option<PathBuf>,
 }
 
 impl NodeConfig {
@@ -446,6 +471,16 @@ impl NodeConfig {
                 .to_xml()
                 .map_err(|e| config(format!("test node: {e}")))?;
         }
+        if s.test_domains_file.is_some()
+            && s.libvirt_uri
+                .as_deref()
+                .is_some_and(|u| !u.starts_with("test:"))
+        {
+            return Err(config(
+                "test_domains_file is for simulated hosts (libvirt's test driver or the fake \
+                 driver): a real hypervisor keeps its domains itself",
+            ));
+        }
         let disk = match (s.disk_gb, &test_node) {
             (Some(gb), _) => DiskSource::Fixed(gb),
             (None, Some(t)) => DiskSource::Fixed(t.disk_gb),
@@ -471,6 +506,9 @@ impl NodeConfig {
             log: s.log.unwrap_or_else(|| "info".into()),
             fail_spawns: s.fail_spawns.unwrap_or(0),
             credentials: credentials(&s.token, &s.token_file, &s.ca_cert, &s.tls_cert, &s.tls_key)?,
+            action_delay: test_delay("action_delay_ms", s.action_delay_ms)?,
+            result_delay: test_delay("result_delay_ms", s.result_delay_ms)?,
+            test_domains_file: s.test_domains_file,
         })
     }
 }
@@ -525,6 +563,19 @@ fn seconds(key: &str, value: f64, min: f64) -> Result<Duration, NodeError> {
     }
     // In range, so the product is far below 2^53 and the cast is exact.
     Ok(Duration::from_millis((value * 1000.0).round() as u64))
+}
+
+/// A testing delay in milliseconds (absent: none), at most an hour.
+fn test_delay(key: &str, ms: Option<u64>) -> Result<Duration, NodeError> {
+    let ms = ms.unwrap_or(0);
+    // MAX_DURATION_SECS is a whole number of seconds; the cast is exact.
+    let max_ms = MAX_DURATION_SECS as u64 * 1000;
+    if ms > max_ms {
+        return Err(config(format!(
+            "{key} must be at most {max_ms} milliseconds, not {ms}"
+        )));
+    }
+    Ok(Duration::from_millis(ms))
 }
 
 fn check_label(key: &str, value: &str) -> Result<(), NodeError> {
@@ -590,6 +641,11 @@ mod tests {
         assert_eq!(c.reconnect_backoff, Duration::from_millis(200));
         assert_eq!(c.reconnect_backoff_max, Duration::from_secs(10));
         assert_eq!(c.fail_spawns, 0);
+        assert_eq!(
+            (c.action_delay, c.result_delay),
+            (Duration::ZERO, Duration::ZERO)
+        );
+        assert_eq!(c.test_domains_file, None);
     }
 
     #[test]
@@ -794,6 +850,40 @@ mod tests {
         assert_eq!(c.fail_spawns, 5);
         assert_eq!(c.engine, "http://engine:1");
         assert!(Settings::from_toml("hypervisor = \"xen\"\n").is_err());
+    }
+
+    #[test]
+    fn testing_faults_parse_and_are_bounded() {
+        let c = resolve(
+            parse(&[
+                "--action-delay-ms",
+                "1500",
+                "--result-delay-ms",
+                "20",
+                "--test-domains-file",
+                "/tmp/d.toml",
+            ])
+            .settings,
+        )
+        .unwrap();
+        assert_eq!(c.action_delay, Duration::from_millis(1500));
+        assert_eq!(c.result_delay, Duration::from_millis(20));
+        assert_eq!(c.test_domains_file, Some(PathBuf::from("/tmp/d.toml")));
+        let file = Settings::from_toml("action_delay_ms = 7\n").unwrap();
+        assert_eq!(
+            resolve(file).unwrap().action_delay,
+            Duration::from_millis(7)
+        );
+        let err = resolve(parse(&["--result-delay-ms", "3600001"]).settings).unwrap_err();
+        assert!(err.to_string().contains("result_delay_ms"), "{err}");
+        let real = parse(&[
+            "--libvirt-uri",
+            "qemu:///system",
+            "--test-domains-file",
+            "/tmp/d.toml",
+        ]);
+        let err = resolve(real.settings).unwrap_err();
+        assert!(err.to_string().contains("simulated hosts"), "{err}");
     }
 
     #[test]

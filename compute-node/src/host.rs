@@ -1,6 +1,7 @@
 //! From configuration to a described host: opens the hypervisor (libvirt, writing a simulated
-//! node file first when asked, or the fake driver; wrapped in the fault injector for
-//! `--fail-spawns`), sizes instance disk, and builds the [`Registration`] the agent will send.
+//! node file first when asked, or the fake driver; wrapped for tests in the domains file of
+//! `--test-domains-file` and the fault injector of `--fail-spawns` and the delays), sizes
+//! instance disk, and builds the [`Registration`] the agent will send.
 //! `berth-node --once` prints [`describe`]'s report.
 
 use std::fmt::Write as _;
@@ -9,6 +10,7 @@ use std::sync::Arc;
 
 use crate::agent::AgentConfig;
 use crate::config::{DEFAULT_TEST_NODE, DiskSource, HypervisorKind, NodeConfig};
+use crate::durable::DurableHypervisor;
 use crate::error::NodeError;
 use crate::fake::FakeHypervisor;
 use crate::faulty::FaultyHypervisor;
@@ -95,27 +97,40 @@ pub fn fake_hypervisor(cfg: &NodeConfig) -> FakeHypervisor {
     })
 }
 
-/// Opens the configured driver (`hypervisor = "libvirt" | "fake"`), wrapped in a
-/// [`FaultyHypervisor`] when `fail_spawns` is set.
+/// Opens the configured driver (`hypervisor = "libvirt" | "fake"`); for tests, wrapped in a
+/// [`DurableHypervisor`] when `test_domains_file` is set, then in a [`FaultyHypervisor`] when
+/// `fail_spawns` or a delay is set. The fault injector is the outer layer, so a result delay
+/// waits after the domains file was rewritten: a node killed in that window comes back with
+/// the action done.
 ///
 /// # Errors
-/// As [`open_hypervisor`] for libvirt; the fake driver always opens.
+/// As [`open_hypervisor`] for libvirt (the fake driver always opens); as
+/// [`DurableHypervisor::open`] for the domains file.
 pub fn open(cfg: &NodeConfig) -> Result<Arc<dyn Hypervisor>, NodeError> {
-    let driver: Arc<dyn Hypervisor> = match cfg.hypervisor {
+    let mut driver: Arc<dyn Hypervisor> = match cfg.hypervisor {
         HypervisorKind::Libvirt => Arc::new(open_hypervisor(cfg)?),
         HypervisorKind::Fake => {
             tracing::info!("using the fake hypervisor: nothing really runs");
             Arc::new(fake_hypervisor(cfg))
         }
     };
-    if cfg.fail_spawns == 0 {
+    if let Some(path) = &cfg.test_domains_file {
+        tracing::warn!(path = %path.display(), "testing: domains are kept in a file across restarts");
+        driver = Arc::new(DurableHypervisor::open(driver, path)?);
+    }
+    if cfg.fail_spawns == 0 && cfg.action_delay.is_zero() && cfg.result_delay.is_zero() {
         return Ok(driver);
     }
     tracing::warn!(
         fail_spawns = cfg.fail_spawns,
-        "testing: the next spawns fail with an injected driver error"
+        action_delay_ms = cfg.action_delay.as_millis(),
+        result_delay_ms = cfg.result_delay.as_millis(),
+        "testing: injected spawn failures and action delays"
     );
-    Ok(Arc::new(FaultyHypervisor::new(driver, cfg.fail_spawns)))
+    Ok(Arc::new(
+        FaultyHypervisor::new(driver, cfg.fail_spawns)
+            .with_delays(cfg.action_delay, cfg.result_delay),
+    ))
 }
 
 /// What this node will register: `hypervisor`'s totals under `cfg`'s policy.

@@ -12,8 +12,11 @@
 //! - [`testnode`]: node files for libvirt's test driver, simulating a host of any size.
 //! - [`inventory`]: Placement inventory (totals, reserved, ratios) and the `Registration`
 //!   the node sends.
-//! - [`faulty`]: `FaultyHypervisor`, a decorator that makes any driver fail spawns
-//!   (`--fail-spawns`, for end-to-end tests over libvirt).
+//! - [`faulty`]: `FaultyHypervisor`, a decorator that makes any driver fail spawns and hold
+//!   actions (`--fail-spawns`, `--action-delay-ms`, `--result-delay-ms`, for end-to-end tests
+//!   over libvirt).
+//! - [`durable`]: `DurableHypervisor`, a decorator that keeps a simulated host's domains in a
+//!   file across restarts and counts driver calls (`--test-domains-file`, for tests).
 //! - [`agent`]: the connection to the engine — `Register`, heartbeats, actions and reconnects
 //!   over the Nodes stream; [`agent::run`] is what the daemon (and the load harness) runs.
 //! - [`config`]: flags, environment and TOML settings, resolved into a `NodeConfig`.
@@ -23,6 +26,7 @@
 pub mod agent;
 pub mod config;
 pub mod domain_xml;
+pub mod durable;
 pub mod error;
 pub mod fake;
 pub mod faulty;

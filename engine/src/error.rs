@@ -49,6 +49,9 @@ pub enum EngineError {
     /// No host passes the filters (or every claim attempt lost its race).
     #[error("{0}")]
     NoValidHost(NoValidHost),
+    /// The change cannot be made durable (the data directory refuses writes).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl EngineError {
@@ -82,6 +85,7 @@ impl EngineError {
             Self::FailedPrecondition(_) => "failed_precondition",
             Self::GenerationConflict { .. } => "generation_conflict",
             Self::NoValidHost(_) => "no_valid_host",
+            Self::Unavailable(_) => "unavailable",
         }
     }
 }

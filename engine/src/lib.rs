@@ -10,6 +10,7 @@
 //! - [`lifecycle`]: servers and compute nodes — the conductor (create with retries, the
 //!   actions, moves, evacuation) and the node hub (registration, heartbeats, dispatch).
 //! - [`api`]: the gRPC services (tonic), the request-id layer and the server assembly.
+//! - [`store`]: durability — the write-ahead log, snapshots and the start-up rebuild.
 //! - [`auth`]: tokens, roles, the policy table, the authentication layer and TLS.
 //! - [`config`]: every knob and its default.
 //! - [`error`]: the one error type, with a stable code per variant.
@@ -23,6 +24,7 @@ pub mod lifecycle;
 pub mod model;
 pub mod scheduler;
 pub mod state;
+pub mod store;
 
 pub use config::{EngineConfig, SchedulerConfig};
 pub use error::{EngineError, NoValidHost, Result};

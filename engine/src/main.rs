@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_engine::api::{self, BerthConfig};
+use berth_engine::api::{self, BerthConfig, Restored};
+use berth_engine::store::{Store, StoreConfig};
 use berth_engine::{Engine, auth};
 use clap::{Parser, Subcommand};
 
@@ -47,6 +48,23 @@ enum Command {
         /// Provider shards (power of two; 0 = 4 × cores).
         #[arg(long, env = "BERTH_SHARDS")]
         shards: Option<usize>,
+        /// Data directory: every acknowledged change is kept here and survives a crash;
+        /// the token signing key and the admin token (<data-dir>/admin.token, mode 0600,
+        /// which the berth CLI reads) live here too [default: ./berth-data, or [store]
+        /// data_dir].
+        #[arg(long, env = "BERTH_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Keep no engine state on disk (a pure in-memory engine; everything is gone when it
+        /// stops). The data directory still holds the token key and admin token unless
+        /// --insecure.
+        #[arg(long, env = "BERTH_EPHEMERAL", conflicts_with = "recover")]
+        ephemeral: bool,
+        /// Start even if the data directory is damaged: load every record whose checksum
+        /// verifies, move the damaged files to <data-dir>/damaged-<time>/ and report what
+        /// was lost. Without it, damage stops the start (a torn last record — a write cut
+        /// by a crash, never acknowledged — is always dropped with a warning).
+        #[arg(long)]
+        recover: bool,
         #[command(flatten)]
         security: auth::cli::SecurityArgs,
     },
@@ -75,6 +93,9 @@ fn main() -> ExitCode {
             metrics_listen,
             log,
             shards,
+            data_dir,
+            ephemeral,
+            recover,
             security,
         } => {
             let mut cfg = match &config {
@@ -99,9 +120,17 @@ fn main() -> ExitCode {
             if let Some(v) = shards {
                 cfg.engine.shards = v;
             }
+            if let Some(v) = data_dir {
+                cfg.store.data_dir = v;
+            }
+            if ephemeral {
+                cfg.store.ephemeral = true;
+            }
             security.apply(&mut cfg.server);
+            // One data directory: the store's, which also keeps the token files.
+            cfg.server.data_dir = cfg.store.data_dir.clone();
             init_logging(&cfg.server.log);
-            match serve(cfg) {
+            match serve(cfg, recover) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(&e),
             }
@@ -150,16 +179,75 @@ fn raise_open_file_limit() {
     }
 }
 
-fn serve(cfg: BerthConfig) -> Result<(), String> {
+/// Opens the data directory and rebuilds the engine from it, saying what it found.
+fn open_store(engine: &Engine, cfg: &StoreConfig, recover: bool) -> Result<Restored, String> {
+    let dir = cfg.data_dir.display().to_string();
+    tracing::info!(data_dir = %dir, "opening the data directory");
+    let progress = |what: &str, done: u64, total: u64| {
+        tracing::info!("reading {what}: {done} of {total}");
+    };
+    let (store, state, report) = Store::open(cfg, recover, &progress)?;
+    if let Some((path, records)) = &report.snapshot {
+        tracing::info!(records, "snapshot {} loaded", path.display());
+    }
+    if let Some((path, offset, bytes)) = &report.torn_tail {
+        tracing::warn!(
+            "{}: dropped a torn record at byte {offset} ({bytes} bytes): a write cut by the last stop, never acknowledged",
+            path.display()
+        );
+    }
+    for d in &report.damage {
+        tracing::error!("damaged: {d}");
+    }
+    if let Some(to) = &report.moved_to {
+        tracing::error!(
+            "recovered what verified; the damaged files are kept in {}",
+            to.display()
+        );
+    }
+    let started = std::time::Instant::now();
+    let restored = engine.restore(&state);
+    for s in &restored.skipped {
+        tracing::error!("not restored: {s}");
+    }
+    tracing::info!(
+        read_ms = report.elapsed.as_millis() as u64,
+        rebuild_ms = started.elapsed().as_millis() as u64,
+        log_records = report.records,
+        "state restored from {dir}: {}",
+        state.summary()
+    );
+    engine.attach_store(store);
+    Ok(Restored {
+        state,
+        snapshot_now: report.moved_to.is_some(),
+    })
+}
+
+fn serve(cfg: BerthConfig, recover: bool) -> Result<(), String> {
+    // Refuse an exposed listener before a start-up that may take seconds (checked again,
+    // with the files, once the port is bound).
+    if let Ok(addr) = cfg.server.listen.parse::<SocketAddr>() {
+        cfg.server.security().check(addr)?;
+    }
     raise_open_file_limit();
     let engine =
         Arc::new(Engine::new(cfg.engine.clone()).map_err(|e| format!("configuration: {e}"))?);
+    let restored = if cfg.store.ephemeral {
+        tracing::warn!(
+            "ephemeral: nothing is written to disk; everything is lost when the engine stops"
+        );
+        None
+    } else {
+        Some(open_store(&engine, &cfg.store, recover)?)
+    };
     // Worker threads = cores: more runtimes or threads than cores only adds latency.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
     rt.block_on(async move {
+        ignore_file_size_signal();
         let listener = tokio::net::TcpListener::bind(&cfg.server.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", cfg.server.listen))?;
@@ -180,9 +268,16 @@ fn serve(cfg: BerthConfig) -> Result<(), String> {
             let server_cfg = cfg.server.clone();
             let compute_cfg = cfg.compute.clone();
             async move {
-                api::serve(engine, &server_cfg, &compute_cfg, listener, async {
-                    let _ = stop_rx.await;
-                })
+                api::serve_restored(
+                    engine,
+                    &server_cfg,
+                    &compute_cfg,
+                    listener,
+                    async {
+                        let _ = stop_rx.await;
+                    },
+                    restored,
+                )
                 .await
                 .map_err(|e| e.to_string())
             }
@@ -204,6 +299,24 @@ fn serve(cfg: BerthConfig) -> Result<(), String> {
             )),
         }
     })
+}
+
+/// A write past RLIMIT_FSIZE raises SIGXFSZ, which kills the process by default; handled,
+/// the write fails with EFBIG instead, and the store refuses changes and keeps serving
+/// reads, as for a full disk.
+fn ignore_file_size_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        const SIGXFSZ: i32 = 25;
+        if let Ok(mut s) = signal(SignalKind::from_raw(SIGXFSZ)) {
+            tokio::spawn(async move {
+                while s.recv().await.is_some() {
+                    tracing::warn!("SIGXFSZ: a write went past the file-size limit");
+                }
+            });
+        }
+    }
 }
 
 async fn shutdown_signal() {

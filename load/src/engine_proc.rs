@@ -47,8 +47,14 @@ fn default_bin() -> Option<PathBuf> {
 
 impl EngineProcess {
     /// Starts `berth-engine serve` on a free port, secured as `security` says, and waits
-    /// until it accepts connections.
-    pub async fn spawn(bin: Option<&Path>, pack: bool, security: Security) -> Result<Self, String> {
+    /// until it accepts connections. Durable in `data_dir` when given, `--ephemeral`
+    /// otherwise (the token key and admin token then go to a temporary directory).
+    pub async fn spawn(
+        bin: Option<&Path>,
+        pack: bool,
+        security: Security,
+        data_dir: Option<&Path>,
+    ) -> Result<Self, String> {
         let bin = bin.map(Path::to_path_buf).or_else(default_bin).ok_or(
             "cannot find berth-engine next to berth-load; build it (cargo build --release -p berth-engine) or pass --engine-bin / --engine",
         )?;
@@ -78,17 +84,23 @@ impl EngineProcess {
             &config.0,
             format!(
                 "[server]\nlisten = \"127.0.0.1:{port}\"\nmetrics_listen = \"\"\nlog = \"warn\"\n\
-                 data_dir = \"{}\"\n{secure}\
+                 {secure}\
                  [engine.scheduler]\nmax_instances_per_host = 1000\n\
                  [engine.scheduler.multipliers]\nram = {mult:.1}\ncpu = {mult:.1}\ndisk = {mult:.1}\n",
-                d.display()
             ),
         )
         .map_err(|e| format!("writing {}: {e}", config.0.display()))?;
-        let child = Command::new(&bin)
-            .arg("serve")
-            .arg("--config")
-            .arg(&config.0)
+        let mut cmd = Command::new(&bin);
+        cmd.arg("serve").arg("--config").arg(&config.0);
+        let keys = match data_dir {
+            Some(dir) => dir.to_path_buf(),
+            None => {
+                cmd.arg("--ephemeral");
+                d.to_path_buf()
+            }
+        };
+        cmd.arg("--data-dir").arg(&keys);
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -123,7 +135,7 @@ impl EngineProcess {
         }
         if security != Security::Insecure {
             // Written at start, before the engine serves.
-            let path = me._data.path().join("admin.token");
+            let path = keys.join("admin.token");
             while !path.exists() {
                 if Instant::now() > deadline {
                     return Err(format!(

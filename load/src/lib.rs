@@ -120,6 +120,11 @@ pub struct Args {
     /// Path of the berth-engine binary to spawn [default: next to berth-load].
     #[arg(long)]
     pub engine_bin: Option<std::path::PathBuf>,
+    /// The spawned engine keeps its state durably in this directory (write-ahead log,
+    /// fsync per group commit) instead of running --ephemeral; the directory should be
+    /// new or empty.
+    #[arg(long)]
+    pub engine_data_dir: Option<std::path::PathBuf>,
     /// Concurrent clients.
     #[arg(long, default_value_t = 64)]
     pub clients: usize,
@@ -395,9 +400,13 @@ pub async fn run(args: Args) -> Result<Report, String> {
         None => {
             // The child inherits the open-file limit raised above; berth-engine also raises
             // its own soft limit to the hard one at start.
-            let p =
-                engine_proc::EngineProcess::spawn(args.engine_bin.as_deref(), pack, args.security)
-                    .await?;
+            let p = engine_proc::EngineProcess::spawn(
+                args.engine_bin.as_deref(),
+                pack,
+                args.security,
+                args.engine_data_dir.as_deref(),
+            )
+            .await?;
             let u = p.url.clone();
             let c = p.credentials.clone();
             spawned = Some(p);

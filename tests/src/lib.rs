@@ -14,6 +14,9 @@
 //! # }
 //! ```
 
+pub mod node;
+pub mod proc;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -10,14 +10,12 @@
 //!   it registers again and the engine reconciles what it reports.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use berth_engine::EngineConfig;
 use berth_engine::api::ServerConfig;
 use berth_proto::v1::servers_client::ServersClient;
+use berth_tests::node::NodeProc;
 use berth_tests::v1 as pb;
 use berth_tests::*;
 use pb::server_action_request::Action;
@@ -26,121 +24,24 @@ use tonic::Code;
 /// Heartbeat interval of the test nodes; the engine's `down_after` is three of them.
 const HEARTBEAT: &str = "0.2";
 
-/// A `berth-node` child process with its output collected; killed on drop.
-struct Node {
-    name: String,
-    args: Vec<String>,
-    child: Option<Child>,
-    output: Arc<Mutex<String>>,
-}
-
-impl Node {
-    /// Starts `berth-node` as `name` in `az`, simulating a host of the given size.
-    fn start(
-        server: &TestServer,
-        dir: &std::path::Path,
-        name: &str,
-        az: &str,
-        (vcpus, memory_mb, disk_gb): (u32, u64, u64),
-        extra: &[&str],
-    ) -> Self {
-        let mut args: Vec<String> = [
-            "--engine",
-            &format!("http://{}", server.addr),
-            "--name",
-            name,
-            "--az",
-            az,
-            "--test-node-vcpus",
-            &vcpus.to_string(),
-            "--test-node-memory-mb",
-            &memory_mb.to_string(),
-            "--test-node-disk-gb",
-            &disk_gb.to_string(),
-            "--test-node-file",
-            &dir.join(format!("{name}.xml")).display().to_string(),
-            "--heartbeat-interval",
-            HEARTBEAT,
-            "--reconnect-backoff-max",
-            "0.5",
-            "--log",
-            "info",
-            "--token",
-            &server.node_token(name),
-        ]
+/// Starts `berth-node` as `name` in `az` against `server`, simulating a host of the given
+/// size.
+fn start_node(
+    server: &TestServer,
+    dir: &std::path::Path,
+    name: &str,
+    az: &str,
+    size: (u32, u64, u64),
+    extra: &[&str],
+) -> NodeProc {
+    let engine = format!("http://{}", server.addr);
+    let token = server.node_token(name);
+    let extra: Vec<&str> = ["--az", az, "--token", &token]
         .iter()
-        .map(|s| s.to_string())
+        .chain(extra)
+        .copied()
         .collect();
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let mut node = Self {
-            name: name.to_string(),
-            args,
-            child: None,
-            output: Arc::new(Mutex::new(String::new())),
-        };
-        node.spawn();
-        node
-    }
-
-    fn spawn(&mut self) {
-        let mut cmd = Command::new(berth_node_binary());
-        cmd.args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .env("NO_COLOR", "1");
-        for (k, _) in std::env::vars() {
-            if k.starts_with("BERTH_NODE_") {
-                cmd.env_remove(k);
-            }
-        }
-        let mut child = cmd.spawn().expect("spawn berth-node");
-        let pipes: Vec<Box<dyn Read + Send>> = vec![
-            Box::new(child.stdout.take().expect("stdout")),
-            Box::new(child.stderr.take().expect("stderr")),
-        ];
-        for mut pipe in pipes {
-            let output = self.output.clone();
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = pipe.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    output
-                        .lock()
-                        .expect("output lock")
-                        .push_str(&String::from_utf8_lossy(&buf[..n]));
-                }
-            });
-        }
-        self.child = Some(child);
-    }
-
-    /// SIGKILL: the node dies without a word to the engine.
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn output(&self) -> String {
-        self.output.lock().expect("output lock").clone()
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            eprintln!(
-                "---- berth-node {} output ----\n{}",
-                self.name,
-                self.output()
-            );
-        }
-    }
+    NodeProc::simulated(&engine, dir, name, HEARTBEAT, size, &extra)
 }
 
 /// Polls `check` every 50 ms until it returns `Some`, or panics after `limit` with `what`.
@@ -315,9 +216,9 @@ async fn start_engine() -> TestServer {
 async fn thirty_servers_every_action() {
     let server = start_engine().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let _a = Node::start(&server, dir.path(), "node-a", "az-1", (8, 16384, 100), &[]);
-    let _b = Node::start(&server, dir.path(), "node-b", "az-1", (16, 32768, 200), &[]);
-    let _c = Node::start(&server, dir.path(), "node-c", "az-2", (32, 65536, 400), &[]);
+    let _a = start_node(&server, dir.path(), "node-a", "az-1", (8, 16384, 100), &[]);
+    let _b = start_node(&server, dir.path(), "node-b", "az-1", (16, 32768, 200), &[]);
+    let _c = start_node(&server, dir.path(), "node-c", "az-2", (32, 65536, 400), &[]);
     wait_up(&server, &["node-a", "node-b", "node-c"]).await;
     catalog(&server).await;
     let mut servers = server.servers.clone();
@@ -730,7 +631,7 @@ async fn failed_spawn_is_retried_on_an_alternate() {
     let server = start_engine().await;
     let dir = tempfile::tempdir().expect("tempdir");
     // The failing node is the biggest, so the (spreading) weighers pick it first.
-    let _bad = Node::start(
+    let _bad = start_node(
         &server,
         dir.path(),
         "node-bad",
@@ -738,7 +639,7 @@ async fn failed_spawn_is_retried_on_an_alternate() {
         (64, 262144, 1000),
         &["--fail-spawns", "5"],
     );
-    let _good = Node::start(
+    let _good = start_node(
         &server,
         dir.path(),
         "node-good",
@@ -779,8 +680,8 @@ async fn failed_spawn_is_retried_on_an_alternate() {
 async fn dead_node_is_evacuated_and_reconciled_on_restart() {
     let server = start_engine().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let _a = Node::start(&server, dir.path(), "node-a", "az-1", (16, 32768, 200), &[]);
-    let mut doomed = Node::start(&server, dir.path(), "node-x", "az-1", (16, 32768, 200), &[]);
+    let _a = start_node(&server, dir.path(), "node-a", "az-1", (16, 32768, 200), &[]);
+    let mut doomed = start_node(&server, dir.path(), "node-x", "az-1", (16, 32768, 200), &[]);
     wait_up(&server, &["node-a", "node-x"]).await;
     catalog(&server).await;
     let mut servers = server.servers.clone();

@@ -21,7 +21,25 @@ pub struct CatalogApi {
     pub(crate) engine: Arc<Engine>,
 }
 
+impl CatalogApi {
+    /// The service over `engine`, as [`serve`](super::serve) mounts it; fuzzers and
+    /// in-process tests call its handlers directly.
+    pub fn new(engine: Arc<Engine>) -> Self {
+        Self { engine }
+    }
+}
+
 type R<T> = Result<Response<T>, Status>;
+
+/// The id-or-name of a Get or Delete: an empty one names nothing, so it is an invalid
+/// argument rather than a lookup that cannot succeed ("flavor  not found").
+fn id_or_name(id: &str) -> Result<&str, Status> {
+    if id.is_empty() {
+        Err(invalid("id", "is required: an id or a name"))
+    } else {
+        Ok(id)
+    }
+}
 
 fn flavor_pb(f: &Flavor) -> pb::Flavor {
     pb::Flavor {
@@ -108,7 +126,7 @@ impl Catalog for CatalogApi {
     async fn get_flavor(&self, req: Request<pb::GetFlavorRequest>) -> R<pb::GetFlavorResponse> {
         let f = self
             .engine
-            .get_flavor(&req.get_ref().id)
+            .get_flavor(id_or_name(&req.get_ref().id)?)
             .map_err(to_status)?;
         Ok(Response::new(pb::GetFlavorResponse {
             flavor: Some(flavor_pb(&f)),
@@ -137,7 +155,7 @@ impl Catalog for CatalogApi {
         req: Request<pb::DeleteFlavorRequest>,
     ) -> R<pb::DeleteFlavorResponse> {
         self.engine
-            .delete_flavor(&req.get_ref().id)
+            .delete_flavor(id_or_name(&req.get_ref().id)?)
             .map_err(to_status)?;
         Ok(Response::new(pb::DeleteFlavorResponse {}))
     }
@@ -164,7 +182,7 @@ impl Catalog for CatalogApi {
     async fn get_image(&self, req: Request<pb::GetImageRequest>) -> R<pb::GetImageResponse> {
         let img = self
             .engine
-            .get_image(&req.get_ref().id)
+            .get_image(id_or_name(&req.get_ref().id)?)
             .map_err(to_status)?;
         Ok(Response::new(pb::GetImageResponse {
             image: Some(image_pb(&img)),
@@ -187,7 +205,7 @@ impl Catalog for CatalogApi {
         req: Request<pb::DeleteImageRequest>,
     ) -> R<pb::DeleteImageResponse> {
         self.engine
-            .delete_image(&req.get_ref().id)
+            .delete_image(id_or_name(&req.get_ref().id)?)
             .map_err(to_status)?;
         Ok(Response::new(pb::DeleteImageResponse {}))
     }
@@ -233,7 +251,7 @@ impl Catalog for CatalogApi {
         scope::group(&self.engine, Scope::of(&req), &req.get_ref().id)?;
         let g = self
             .engine
-            .get_group(&req.get_ref().id)
+            .get_group(id_or_name(&req.get_ref().id)?)
             .map_err(to_status)?;
         Ok(Response::new(pb::GetServerGroupResponse {
             server_group: Some(group_pb(&self.engine, g)),
@@ -264,8 +282,54 @@ impl Catalog for CatalogApi {
     ) -> R<pb::DeleteServerGroupResponse> {
         scope::group(&self.engine, Scope::of(&req), &req.get_ref().id)?;
         self.engine
-            .delete_group(&req.get_ref().id)
+            .delete_group(id_or_name(&req.get_ref().id)?)
             .map_err(to_status)?;
         Ok(Response::new(pb::DeleteServerGroupResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+
+    use super::*;
+    use crate::EngineConfig;
+
+    /// Regression (found by tests/tests/hostile_input.rs): an empty id answered NOT_FOUND
+    /// ("flavor  not found") instead of naming the missing field.
+    #[tokio::test]
+    async fn get_and_delete_require_an_id() {
+        let api = CatalogApi::new(Arc::new(Engine::new(EngineConfig::default()).unwrap()));
+        let results = [
+            api.get_flavor(Request::new(pb::GetFlavorRequest::default()))
+                .await
+                .map(|_| ()),
+            api.delete_flavor(Request::new(pb::DeleteFlavorRequest::default()))
+                .await
+                .map(|_| ()),
+            api.get_image(Request::new(pb::GetImageRequest::default()))
+                .await
+                .map(|_| ()),
+            api.delete_image(Request::new(pb::DeleteImageRequest::default()))
+                .await
+                .map(|_| ()),
+            api.get_server_group(Request::new(pb::GetServerGroupRequest::default()))
+                .await
+                .map(|_| ()),
+            api.delete_server_group(Request::new(pb::DeleteServerGroupRequest::default()))
+                .await
+                .map(|_| ()),
+        ];
+        for r in results {
+            let err = r.unwrap_err();
+            assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+            assert!(err.message().starts_with("invalid id:"), "{err:?}");
+        }
+        // A name that is not empty is still looked up.
+        let err = api
+            .get_flavor(Request::new(pb::GetFlavorRequest { id: "nope".into() }))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::NotFound);
     }
 }

@@ -1,26 +1,45 @@
 //! A tower layer in front of every service: takes the caller's `x-request-id` (or makes one),
 //! runs the call inside a `rpc` tracing span carrying it — so every log line the request
 //! causes names it — returns it in the response metadata, and records per-RPC metrics.
+//!
+//! With a store, it also holds each answer until every change logged while the call ran is
+//! durable (the group commit of `store::wal`), so nothing acknowledged can be lost; if the
+//! disk refuses the write, the answer becomes UNAVAILABLE.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use http::HeaderValue;
 use tracing::Instrument;
 
+use crate::store::Store;
+
 /// Metadata key of the request id.
 pub const REQUEST_ID: &str = "x-request-id";
 
 /// See the module doc.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RequestIdLayer;
+#[derive(Debug, Clone, Default)]
+pub struct RequestIdLayer {
+    store: Option<Arc<Store>>,
+}
+
+impl RequestIdLayer {
+    /// A layer that also waits for `store` (if any) before answering.
+    pub fn new(store: Option<Arc<Store>>) -> Self {
+        Self { store }
+    }
+}
 
 impl<S> tower::Layer<S> for RequestIdLayer {
     type Service = RequestId<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        RequestId { inner }
+        RequestId {
+            inner,
+            store: self.store.clone(),
+        }
     }
 }
 
@@ -28,6 +47,7 @@ impl<S> tower::Layer<S> for RequestIdLayer {
 #[derive(Debug, Clone)]
 pub struct RequestId<S> {
     inner: S,
+    store: Option<Arc<Store>>,
 }
 
 /// A fresh request id: 64 random bits in hex. Uniqueness within a log's horizon is all a
@@ -43,6 +63,7 @@ fn usable(id: &str) -> bool {
 
 impl<S, ReqB, ResB> tower::Service<http::Request<ReqB>> for RequestId<S>
 where
+    ResB: Default + Send + 'static,
     S: tower::Service<http::Request<ReqB>, Response = http::Response<ResB>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
@@ -69,6 +90,8 @@ where
         let rpc = req.uri().path().to_owned();
         let span = tracing::info_span!("rpc", request_id = %id, rpc = %rpc);
         let start = Instant::now();
+        let store = self.store.clone();
+        let before = store.as_ref().map_or(0, |s| s.appended());
         let fut = {
             let _entered = span.enter();
             self.inner.call(req)
@@ -76,6 +99,16 @@ where
         Box::pin(
             async move {
                 let mut res = fut.await?;
+                // Nothing logged since the call began: nothing of ours to wait for (and
+                // reads keep working while the disk refuses writes).
+                if let Some(store) = store {
+                    let after = store.appended();
+                    if after > before
+                        && let Err(e) = store.wait_durable(after).await
+                    {
+                        res = unavailable(&e.to_string());
+                    }
+                }
                 if let Some(v) = value {
                     res.headers_mut().insert(REQUEST_ID, v);
                 }
@@ -107,6 +140,35 @@ where
             .instrument(span),
         )
     }
+}
+
+/// A trailers-only UNAVAILABLE answer in place of one whose changes are not durable.
+fn unavailable<B: Default>(why: &str) -> http::Response<B> {
+    let mut res = http::Response::new(B::default());
+    let h = res.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("grpc-status", HeaderValue::from_static("14"));
+    let msg = format!("the change may not be durable: {why}");
+    if let Ok(v) = HeaderValue::from_str(&percent_encode(&msg)) {
+        h.insert("grpc-message", v);
+    }
+    res
+}
+
+/// grpc-message's encoding: printable ASCII but `%` as is, the rest as `%XX`.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// grpc-message is percent-encoded on the wire.
@@ -148,5 +210,9 @@ mod tests {
         assert!(!usable(&"x".repeat(200)));
         assert_eq!(percent_decode("no%20valid%20host"), "no valid host");
         assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(
+            percent_decode(&percent_encode("disk 100% full\n")),
+            "disk 100% full\n"
+        );
     }
 }

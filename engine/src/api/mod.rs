@@ -43,8 +43,10 @@ pub struct ServerConfig {
     pub log: String,
     /// How long shutdown waits for in-flight calls, in seconds.
     pub shutdown_grace_seconds: u64,
-    /// Data directory: the token signing key (`token.key`) and an admin token
-    /// (`admin.token`), both mode 0600, are kept here.
+    /// Where the token signing key (`token.key`) and an admin token (`admin.token`), both
+    /// mode 0600, are kept. Not a `berth.toml` key: the binary sets it to `[store]
+    /// data_dir`, so one directory holds the state and the credentials.
+    #[serde(skip)]
     pub data_dir: std::path::PathBuf,
     /// No authentication and no TLS; refused on a non-loopback address.
     pub insecure: bool,
@@ -84,6 +86,8 @@ pub struct BerthConfig {
     pub engine: EngineConfig,
     /// Compute nodes and the instance lifecycle.
     pub compute: crate::lifecycle::ComputeConfig,
+    /// Durability: the data directory and snapshots.
+    pub store: crate::store::StoreConfig,
 }
 
 impl ServerConfig {
@@ -158,6 +162,42 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    serve_restored(engine, config, compute, listener, shutdown, None).await
+}
+
+/// The snapshot source of a durable engine: the engine's objects, then the servers.
+struct Everything {
+    engine: Arc<Engine>,
+    conductor: Arc<Conductor>,
+}
+
+impl crate::store::SnapshotSource for Everything {
+    fn export(&self, out: &mut dyn FnMut(crate::store::record::Record)) {
+        self.engine.export(out);
+        self.conductor.export(out);
+    }
+}
+
+/// What start-up read from the store, for [`serve_restored`].
+#[derive(Debug)]
+pub struct Restored {
+    /// The state read (the engine was rebuilt from it already; the servers are next).
+    pub state: crate::store::State,
+    /// Take a snapshot at once (after `--recover` moved the damaged files aside).
+    pub snapshot_now: bool,
+}
+
+/// [`serve`] for an engine rebuilt from its store (`engine.store()` set): restores the
+/// servers, snapshots as the log grows, and answers each call only once its changes are
+/// durable.
+pub async fn serve_restored(
+    engine: Arc<Engine>,
+    config: &ServerConfig,
+    compute: &ComputeConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    restored: Option<Restored>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let max = config.max_message_bytes;
     let placement = PlacementServer::new(placement::PlacementApi {
         engine: engine.clone(),
@@ -175,6 +215,34 @@ pub async fn serve(
     // the hub.
     let hub = NodeHub::new(engine.clone(), compute.clone());
     let conductor = Conductor::new(engine.clone(), hub.clone(), compute.clone());
+    if let Some(r) = &restored {
+        let (n, skipped) = conductor.restore(&r.state);
+        for s in &skipped {
+            tracing::error!("not restored: {s}");
+        }
+        if n > 0 || !skipped.is_empty() {
+            tracing::info!(servers = n, skipped = skipped.len(), "servers restored");
+        }
+    }
+    let store = engine.store().cloned();
+    if let Some(store) = &store {
+        store.set_source(Arc::new(Everything {
+            engine: engine.clone(),
+            conductor: conductor.clone(),
+        }));
+        if restored.as_ref().is_some_and(|r| r.snapshot_now) {
+            let s = store.clone();
+            tokio::task::spawn_blocking(move || s.snapshot())
+                .await
+                .map_err(|e| format!("snapshot task: {e}"))??;
+        }
+    }
+    // Freeing a million records takes a while; nobody needs to wait for it.
+    if let Some(r) = restored {
+        let _ = std::thread::Builder::new()
+            .name("berth-free".into())
+            .spawn(move || drop(r));
+    }
     hub.set_reconciler(conductor.clone());
     let liveness = hub.spawn_liveness_monitor();
     let nodes = NodesServer::new(nodes::NodesApi::new(hub.clone())).max_decoding_message_size(max);
@@ -249,7 +317,7 @@ pub async fn serve(
     }
     builder
         .tcp_nodelay(true)
-        .layer(layer::RequestIdLayer)
+        .layer(layer::RequestIdLayer::new(store.clone()))
         .layer(crate::auth::AuthLayer::new(security.authenticator))
         .add_service(health)
         .add_service(reflection_v1)
@@ -262,6 +330,16 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     liveness.abort();
+    if let Some(store) = store {
+        // A snapshot now makes the next start read one file instead of the log.
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.snapshot()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!("no snapshot at shutdown: {e}"),
+            Err(e) => tracing::warn!("no snapshot at shutdown: {e}"),
+        }
+        store.close();
+    }
     tracing::info!("berth-engine stopped");
     Ok(())
 }

@@ -41,7 +41,36 @@ fn check_provider_name(name: &str) -> Result<(), Status> {
     Ok(())
 }
 
+/// Amounts a filter or a candidate request asks for: the contract wants each at least 1
+/// and each class once (only `RequestSpec.resources` may say 0, meaning "remove"). Without
+/// this, a 0 or a class given twice would come back inside candidate allocations that
+/// ReplaceAllocations then refuses.
+fn wanted_amounts(field: &str, v: &[pb::ResourceAmount]) -> Result<Vec<(String, u64)>, Status> {
+    let out = amounts(field, v)?;
+    for (i, (class, n)) in out.iter().enumerate() {
+        if *n == 0 {
+            return Err(invalid(
+                &format!("{field}[{i}].amount"),
+                "must be at least 1",
+            ));
+        }
+        if out[..i].iter().any(|(c, _)| c == class) {
+            return Err(invalid(
+                &format!("{field}[{i}]"),
+                format!("resource class {class} listed twice"),
+            ));
+        }
+    }
+    Ok(out)
+}
+
 impl PlacementApi {
+    /// The service over `engine`, as [`serve`](super::serve) mounts it; fuzzers and
+    /// in-process tests call its handlers directly.
+    pub fn new(engine: Arc<Engine>) -> Self {
+        Self { engine }
+    }
+
     fn provider(&self, u: &uuid::Uuid) -> Result<crate::model::ProviderInfo, Status> {
         self.engine.get_provider(u).map_err(to_status)
     }
@@ -212,7 +241,7 @@ impl Placement for PlacementApi {
             availability_zone: opt_str(r.availability_zone),
             required_traits: r.required_traits,
             member_of: r.member_of,
-            resources: amounts("resources", &r.resources)?,
+            resources: wanted_amounts("resources", &r.resources)?,
         };
         let mut all = self.engine.list_providers(&filter).map_err(to_status)?;
         // The contract's `name` is an exact match; the engine's filter is a substring.
@@ -542,7 +571,7 @@ impl Placement for PlacementApi {
         } else {
             r.limit
         } as usize;
-        let resources = amounts("resources", &r.resources)?;
+        let resources = wanted_amounts("resources", &r.resources)?;
         if resources.is_empty() {
             return Err(invalid(
                 "resources",
@@ -581,5 +610,88 @@ impl Placement for PlacementApi {
         Ok(Response::new(pb::GetAllocationCandidatesResponse {
             candidates,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+
+    use super::*;
+    use crate::EngineConfig;
+    use crate::model::Inventory;
+
+    fn amount(class: &str, amount: u64) -> pb::ResourceAmount {
+        pb::ResourceAmount {
+            resource_class: class.into(),
+            amount,
+        }
+    }
+
+    /// Regression (found by tests/tests/hostile_input.rs): GetAllocationCandidates took a
+    /// class twice or an amount of 0 and returned them inside the candidates' allocations,
+    /// which ReplaceAllocations then refuses; ListResourceProviders took them too, against
+    /// the contract ("at least 1").
+    #[tokio::test]
+    async fn candidates_and_filters_refuse_zero_amounts_and_repeated_classes() {
+        let engine = Arc::new(Engine::new(EngineConfig::default()).unwrap());
+        engine
+            .create_provider(
+                ProviderSpec::new("h1")
+                    .inventory("VCPU", Inventory::new(8))
+                    .inventory("MEMORY_MB", Inventory::new(4096)),
+            )
+            .unwrap();
+        let api = PlacementApi::new(engine);
+        for (resources, field) in [
+            (
+                vec![amount("VCPU", 1), amount("VCPU", 2)],
+                "invalid resources[1]:",
+            ),
+            (
+                vec![amount("VCPU", 1), amount("MEMORY_MB", 0)],
+                "invalid resources[1].amount:",
+            ),
+            (vec![amount("VCPU", 0)], "invalid resources[0].amount:"),
+        ] {
+            let err = api
+                .get_allocation_candidates(Request::new(pb::GetAllocationCandidatesRequest {
+                    resources: resources.clone(),
+                    ..Default::default()
+                }))
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+            assert!(err.message().starts_with(field), "{err:?}");
+            let err = api
+                .list_resource_providers(Request::new(pb::ListResourceProvidersRequest {
+                    resources,
+                    ..Default::default()
+                }))
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+            assert!(err.message().starts_with(field), "{err:?}");
+        }
+        // What a candidate offers is accepted as it is.
+        let found = api
+            .get_allocation_candidates(Request::new(pb::GetAllocationCandidatesRequest {
+                resources: vec![amount("VCPU", 2), amount("MEMORY_MB", 512)],
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .candidates;
+        assert_eq!(found.len(), 1);
+        api.replace_allocations(Request::new(pb::ReplaceAllocationsRequest {
+            consumer_uuid: uuid::Uuid::new_v4().to_string(),
+            consumer_generation: None,
+            project_id: "p".into(),
+            user_id: "u".into(),
+            allocations: found[0].allocations.clone(),
+        }))
+        .await
+        .unwrap();
     }
 }

@@ -21,6 +21,14 @@ pub struct SchedulerApi {
     pub(crate) engine: Arc<Engine>,
 }
 
+impl SchedulerApi {
+    /// The service over `engine`, as [`serve`](super::serve) mounts it; fuzzers and
+    /// in-process tests call its handlers directly.
+    pub fn new(engine: Arc<Engine>) -> Self {
+        Self { engine }
+    }
+}
+
 type R<T> = Result<Response<T>, Status>;
 
 fn observe(start: Instant, op: &'static str) {

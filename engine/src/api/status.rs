@@ -18,6 +18,7 @@ pub fn to_status(e: EngineError) -> Status {
         EngineError::AlreadyExists { .. } => Status::already_exists(msg),
         EngineError::FailedPrecondition(_) => Status::failed_precondition(msg),
         EngineError::GenerationConflict { .. } => Status::aborted(msg),
+        EngineError::Unavailable(_) => Status::unavailable(msg),
         EngineError::NoValidHost(nvh) => {
             for (filter, n) in &nvh.rejections {
                 metrics::counter!("berth_filter_rejections_total", "filter" => filter.clone())

@@ -18,11 +18,6 @@ pub const DEFAULT_DATA_DIR: &str = "./berth-data";
 /// `serve`'s security flags; each overrides its `[server]` key in `berth.toml`.
 #[derive(Args, Debug, Default)]
 pub struct SecurityArgs {
-    /// Data directory: the token signing key and the admin token written at start
-    /// (<data-dir>/admin.token, mode 0600, which the berth CLI reads) [default: ./berth-data,
-    /// or [server] data_dir].
-    #[arg(long, env = "BERTH_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
     /// Serve without authentication or TLS, every caller an admin. Refused unless the
     /// listen address is loopback. For tests and demos that are about something else.
     #[arg(long, env = "BERTH_INSECURE")]
@@ -44,9 +39,6 @@ pub struct SecurityArgs {
 impl SecurityArgs {
     /// Applies the flags given over `server`.
     pub fn apply(self, server: &mut ServerConfig) {
-        if let Some(v) = self.data_dir {
-            server.data_dir = v;
-        }
         if self.insecure {
             server.insecure = true;
         }
@@ -91,11 +83,11 @@ pub enum TokenCommand {
         /// may register as [default: the role and project, e.g. member@demo].
         #[arg(long)]
         subject: Option<String>,
-        /// Data directory holding token.key [default: ./berth-data, or [server] data_dir
+        /// Data directory holding token.key [default: ./berth-data, or [store] data_dir
         /// of --config].
         #[arg(long, env = "BERTH_DATA_DIR")]
         data_dir: Option<PathBuf>,
-        /// Configuration file whose [server] data_dir to use.
+        /// Configuration file whose [store] data_dir to use.
         #[arg(long, env = "BERTH_CONFIG")]
         config: Option<PathBuf>,
     },
@@ -153,7 +145,7 @@ pub fn run_token(cmd: TokenCommand) -> Result<(), String> {
                 .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
             crate::api::BerthConfig::from_toml(&text)
                 .map_err(|e| format!("{}: {e}", path.display()))?
-                .server
+                .store
                 .data_dir
         }
         (None, None) => PathBuf::from(DEFAULT_DATA_DIR),
@@ -239,14 +231,12 @@ mod tests {
     fn flags_override_the_config() {
         let mut s = ServerConfig::default();
         SecurityArgs {
-            data_dir: Some("/tmp/d".into()),
             insecure: true,
             tls_cert: Some("c.pem".into()),
             tls_key: Some("k.pem".into()),
             tls_client_ca: None,
         }
         .apply(&mut s);
-        assert_eq!(s.data_dir, PathBuf::from("/tmp/d"));
         assert!(s.insecure);
         assert_eq!(
             (s.tls_cert.as_str(), s.tls_key.as_str()),

@@ -40,25 +40,52 @@ pub struct Security {
     pub admin_token_written: bool,
 }
 
-impl Security {
-    /// Loads (or on first start creates) the signing key and the admin token, and the TLS
-    /// files. `addr` is the bound listener's address: without TLS the engine only serves
-    /// loopback, since tokens would otherwise cross the network in clear text.
-    pub fn prepare(s: &SecuritySettings<'_>, addr: SocketAddr) -> Result<Self, String> {
-        let tls_files = (!s.tls_cert.is_empty(), !s.tls_key.is_empty());
-        if s.insecure {
+impl SecuritySettings<'_> {
+    /// Refuses combinations that would expose the engine or contradict each other, reading
+    /// no file: the binary calls it with the configured address before its start-up, which
+    /// may be long, and [`Security::prepare`] again with the bound one.
+    pub fn check(&self, addr: SocketAddr) -> Result<(), String> {
+        let tls_files = (!self.tls_cert.is_empty(), !self.tls_key.is_empty());
+        if self.insecure {
             if !addr.ip().is_loopback() {
                 return Err(format!(
                     "--insecure serves without authentication or TLS, so it only listens on a \
                      loopback address, not {addr}"
                 ));
             }
-            if tls_files != (false, false) || !s.tls_client_ca.is_empty() {
+            if tls_files != (false, false) || !self.tls_client_ca.is_empty() {
                 return Err(
                     "--insecure disables TLS: leave tls_cert, tls_key and tls_client_ca unset"
                         .into(),
                 );
             }
+            return Ok(());
+        }
+        match tls_files {
+            (true, true) => Ok(()),
+            (true, false) => Err("tls_cert is set but tls_key is not: set both".into()),
+            (false, true) => Err("tls_key is set but tls_cert is not: set both".into()),
+            (false, false) if !self.tls_client_ca.is_empty() => Err(
+                "tls_client_ca needs TLS: set tls_cert and tls_key too (berth-engine cert init)"
+                    .into(),
+            ),
+            (false, false) if !addr.ip().is_loopback() => Err(format!(
+                "refusing to serve {addr} without TLS: tokens would cross the network in clear \
+                 text; set tls_cert and tls_key (--tls-cert/--tls-key; berth-engine cert init \
+                 makes a development set), or listen on 127.0.0.1"
+            )),
+            (false, false) => Ok(()),
+        }
+    }
+}
+
+impl Security {
+    /// Loads (or on first start creates) the signing key and the admin token, and the TLS
+    /// files. `addr` is the bound listener's address: without TLS the engine only serves
+    /// loopback, since tokens would otherwise cross the network in clear text.
+    pub fn prepare(s: &SecuritySettings<'_>, addr: SocketAddr) -> Result<Self, String> {
+        s.check(addr)?;
+        if s.insecure {
             return Ok(Self {
                 authenticator: Arc::new(Authenticator::insecure()),
                 tls: None,
@@ -66,31 +93,15 @@ impl Security {
                 admin_token_written: false,
             });
         }
-        let tls = match tls_files {
-            (true, true) => Some(server_tls(
+        let tls = if s.tls_cert.is_empty() {
+            None
+        } else {
+            Some(server_tls(
                 Path::new(s.tls_cert),
                 Path::new(s.tls_key),
                 (!s.tls_client_ca.is_empty()).then(|| Path::new(s.tls_client_ca)),
-            )?),
-            (false, false) => None,
-            (true, false) => return Err("tls_cert is set but tls_key is not: set both".into()),
-            (false, true) => return Err("tls_key is set but tls_cert is not: set both".into()),
+            )?)
         };
-        if tls.is_none() {
-            if !s.tls_client_ca.is_empty() {
-                return Err(
-                    "tls_client_ca needs TLS: set tls_cert and tls_key too (berth-engine cert init)"
-                        .into(),
-                );
-            }
-            if !addr.ip().is_loopback() {
-                return Err(format!(
-                    "refusing to serve {addr} without TLS: tokens would cross the network in clear \
-                     text; set tls_cert and tls_key (--tls-cert/--tls-key; berth-engine cert init \
-                     makes a development set), or listen on 127.0.0.1"
-                ));
-            }
-        }
         let (key, _) = load_key(s.data_dir, true)?;
         let written = ensure_admin_token(s.data_dir, &key)?;
         Ok(Self {

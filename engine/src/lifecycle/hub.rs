@@ -13,6 +13,12 @@
 //!   ([`NodeHub::spawn_liveness_monitor`]) marks a host down once it has been silent for
 //!   its `down_after`, and the next message brings it back. A stream that ends does not
 //!   mark the host down by itself, so a quick reconnect does not flap the host.
+//! - **Restart**: an engine rebuilt from its store has every host back, up, but no node
+//!   streams. The hub takes each host a node had registered as a node it expects, last
+//!   seen at the hub's start: as if its heartbeats stopped at the restart, a host whose
+//!   node does not come back goes down after `down_after` instead of staying up (and
+//!   attracting servers) forever. Hosts created through the Placement API have no node and
+//!   are left alone, as before the restart.
 //! - **Dispatch** ([`Dispatcher`]): each action gets a fresh `action_id`; the node's
 //!   `ActionResult` completes the waiting caller, a broken stream fails it with
 //!   [`DispatchError::Disconnected`], silence with [`DispatchError::Timeout`].
@@ -57,7 +63,7 @@ use crate::model::{
     Inventory, ProviderInfo, ProviderSpec, ProviderUpdate, validate_az, validate_class_name,
     validate_name, validate_trait,
 };
-use crate::state::providers::DISABLED_TRAIT;
+use crate::state::providers::{DISABLED_TRAIT, ProviderFilter};
 use crate::{Engine, api::convert};
 
 /// Messages the engine may queue for one node before a sender waits.
@@ -75,6 +81,11 @@ const CAP_HV_VERSION: &str = "hypervisor_version";
 const CAP_ARCH: &str = "cpu_info:arch";
 /// Status message a replaced stream ends with.
 const REPLACED: &str = "replaced by a newer connection from the same node";
+/// `down_after` of a host restored from disk until its node registers again and announces
+/// its heartbeat interval (when `down_after_seconds` is not configured): three of
+/// berth-node's default 10 s heartbeats, which is also longer than its longest reconnect
+/// backoff (10 s), so a node that is merely reconnecting is not marked down meanwhile.
+const RESTORED_DOWN_AFTER_MS: u64 = 30_000;
 
 /// The outbound half of a node stream, as the API layer serves it.
 pub type Outbound = mpsc::Receiver<std::result::Result<pb::EngineMessage, Status>>;
@@ -89,7 +100,8 @@ pub struct NodeHub {
     /// written only at registration.
     nodes: DashMap<Uuid, Arc<Node>>,
     /// Node name → provider uuid of its entry, and the lock that serialises registrations
-    /// (see the module doc). A plain map: only registrations touch it.
+    /// (see the module doc). A plain map: only registrations (and, at start-up, the
+    /// restored hosts) touch it.
     registry: Mutex<HashMap<Arc<str>, Uuid>>,
     /// Connection generations, in registration order.
     next_generation: AtomicU64,
@@ -210,8 +222,13 @@ impl std::fmt::Debug for NodeHub {
 impl NodeHub {
     /// A hub over `engine`. Call [`NodeHub::set_reconciler`] and
     /// [`NodeHub::spawn_liveness_monitor`] before serving streams.
+    ///
+    /// An engine with a store was rebuilt from disk (or starts an empty data directory):
+    /// the hub expects the nodes of the hosts that nodes had registered, as the module doc
+    /// says under "Restart".
     pub fn new(engine: Arc<Engine>, config: ComputeConfig) -> Arc<NodeHub> {
-        Arc::new(NodeHub {
+        let durable = engine.store().is_some();
+        let hub = Arc::new(NodeHub {
             engine,
             config,
             reconciler: OnceLock::new(),
@@ -222,7 +239,80 @@ impl NodeHub {
             heartbeats: AtomicU64::new(0),
             wake: Arc::new(Notify::new()),
             epoch: Instant::now(),
-        })
+        });
+        if durable {
+            hub.expect_restored_nodes();
+        }
+        hub
+    }
+
+    /// Adds a node entry, not connected and last seen now, for every up host that carries
+    /// the marks of a node's registration: the capability keys only the hub writes (from
+    /// the hypervisor type, version and architecture a node reports; berth-node always
+    /// reports them). Servers are only built on hosts whose node is connected, so this
+    /// covers the hosts with servers too. A host created through the Placement API has none
+    /// of the keys unless an operator set them by hand, and no node is expected for it. A
+    /// node's registration later reuses its entry. Returns how many.
+    fn expect_restored_nodes(&self) -> usize {
+        let hosts = match self.engine.list_providers(&ProviderFilter::default()) {
+            Ok(hosts) => hosts,
+            Err(e) => {
+                tracing::warn!(
+                    "node hub: cannot list the restored hosts, so none is watched until its node registers: {e}"
+                );
+                return 0;
+            }
+        };
+        let (down_after_ms, why) = if self.config.down_after_seconds > 0 {
+            (
+                self.config.down_after_seconds.saturating_mul(1000),
+                "[compute] down_after_seconds",
+            )
+        } else {
+            (
+                RESTORED_DOWN_AFTER_MS,
+                "three default heartbeat intervals, until the node announces its own",
+            )
+        };
+        let mut registry = self.registry.lock();
+        let mut names = Vec::new();
+        for p in hosts
+            .into_iter()
+            .filter(|p| p.up && registered_by_a_node(p))
+        {
+            let name: Arc<str> = Arc::from(p.name.as_str());
+            registry.insert(name.clone(), p.uuid);
+            self.nodes.entry(p.uuid).or_insert_with(|| {
+                Arc::new(Node {
+                    uuid: p.uuid,
+                    name,
+                    // The hub's epoch: now.
+                    last_seen_ms: AtomicU64::new(0),
+                    down_after_ms: AtomicU64::new(down_after_ms),
+                    heartbeat_interval_ms: AtomicU64::new(0),
+                    live_migration: AtomicBool::new(false),
+                    down: AtomicBool::new(false),
+                    link: Mutex::new(Link::default()),
+                })
+            });
+            names.push(p.name);
+        }
+        if !names.is_empty() {
+            const SHOWN: usize = 8;
+            let more = names.len().saturating_sub(SHOWN);
+            let mut shown = names[..names.len().min(SHOWN)].join(", ");
+            if more > 0 {
+                shown.push_str(&format!(" and {more} more"));
+            }
+            tracing::info!(
+                hosts = names.len(),
+                down_after_ms,
+                "{} restored host(s) registered by compute nodes: each goes down unless its node reconnects within {:.1}s ({why}): {shown}",
+                names.len(),
+                down_after_ms as f64 / 1000.0,
+            );
+        }
+        names.len()
     }
 
     /// Sets the reconciler (the conductor) that hears about registrations and heartbeats.
@@ -1054,6 +1144,14 @@ fn validate(r: pb::Register, engine: &Engine) -> Result<Registration> {
     })
 }
 
+/// Whether a node's registration made this provider: it carries a capability key only the
+/// hub writes (see [`NodeHub::expect_restored_nodes`]).
+fn registered_by_a_node(p: &ProviderInfo) -> bool {
+    [CAP_HV_TYPE, CAP_HV_VERSION, CAP_ARCH]
+        .iter()
+        .any(|k| p.capabilities.contains_key(*k))
+}
+
 /// For error messages about the first message.
 fn body_name(body: Option<&pb::node_message::Body>) -> &'static str {
     match body {
@@ -1807,6 +1905,72 @@ mod tests {
         node.heartbeat(true, Vec::new()).await;
         eventually("a heartbeat brings it back", up).await;
 
+        monitor.abort();
+    }
+
+    #[tokio::test]
+    async fn restored_hosts_go_down_unless_their_node_comes_back() {
+        let engine = Arc::new(Engine::new(EngineConfig::default()).unwrap());
+        let config = ComputeConfig {
+            down_after_seconds: 1,
+            ..ComputeConfig::default()
+        };
+        // Before the restart: two nodes registered, and a host made through the API.
+        {
+            let before = NodeHub::new(engine.clone(), config.clone());
+            let _gone = connect(&before, register("cn-gone")).await;
+            let _back = connect(&before, register("cn-back")).await;
+        }
+        let api = engine
+            .create_provider(ProviderSpec::new("api-host").inventory("VCPU", Inventory::new(4)))
+            .unwrap()
+            .uuid;
+        // The restart: a new hub over the same hosts, all up, no streams. (An engine
+        // without a store does not do this by itself.)
+        let started = Instant::now();
+        let hub = NodeHub::new(engine.clone(), config);
+        assert_eq!(hub.nodes.len(), 0);
+        assert_eq!(
+            hub.expect_restored_nodes(),
+            2,
+            "the API host is not expected"
+        );
+        let host = |name: &str| engine.resolve_host(name).unwrap();
+        let (gone, back) = (host("cn-gone"), host("cn-back"));
+        let up = |u: &Uuid| engine.get_provider(u).unwrap().up;
+        assert!(up(&gone) && up(&back) && up(&api));
+        assert!(!hub.is_connected(&gone), "expected, not connected");
+        let monitor = hub.spawn_liveness_monitor();
+        // cn-back's node reconnects and heartbeats; cn-gone's never comes back.
+        let (node, reg) = connect(&hub, register("cn-back")).await;
+        assert_eq!(reg.provider_uuid, back.to_string(), "the same host");
+        let tx = node.tx.clone();
+        let beats = tokio::spawn(async move {
+            loop {
+                let hb = pb::node_message::Body::Heartbeat(pb::Heartbeat {
+                    seq: 1,
+                    healthy: true,
+                    ..Default::default()
+                });
+                if tx
+                    .send(Ok(pb::NodeMessage { body: Some(hb) }))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        eventually("cn-gone goes down", || !up(&gone)).await;
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(1),
+            "down after {waited:?}, before its down_after of 1 s"
+        );
+        assert!(up(&back), "its node is back and heartbeating");
+        assert!(up(&api), "no node is expected for an API host");
+        beats.abort();
         monitor.abort();
     }
 

@@ -598,6 +598,7 @@ impl Engine {
 
     /// Places and claims every instance of `spec`, all or nothing.
     pub fn select_destinations(&self, spec: &RequestSpec) -> Result<Vec<Selection>> {
+        self.writable()?;
         let mut ctx = RequestContext::prepare(self, spec)?;
         for (i, u) in ctx.instance_uuids.iter().enumerate() {
             if self.consumers.contains_key(u) {
@@ -621,7 +622,7 @@ impl Engine {
                         let allocations = vec![alloc];
                         self.project_add(&ctx.project, &allocations, 1, 1);
                         if let Some(v) = slot.take() {
-                            v.insert(Consumer {
+                            let c = v.insert(Consumer {
                                 project: ctx.project.clone(),
                                 user: ctx.user.clone(),
                                 generation: 1,
@@ -629,6 +630,7 @@ impl Engine {
                                 moving: None,
                                 group: ctx.group.as_ref().map(|g| g.id),
                             });
+                            self.log_consumer(consumer, &c, &[]);
                         }
                         Ok(())
                     })
@@ -639,7 +641,7 @@ impl Engine {
                 Err(mut e) => {
                     for s in &done {
                         // Cannot fail: we hold these consumers and nobody else knows them yet.
-                        let _ = self.release(&s.consumer);
+                        let _ = self.release_unchecked(&s.consumer);
                     }
                     if let EngineError::NoValidHost(nvh) = &mut e
                         && count > 1
@@ -715,6 +717,7 @@ impl Engine {
         spec: &RequestSpec,
         allow_same_host: bool,
     ) -> Result<Selection> {
+        self.writable()?;
         let (hosts, group) = {
             let c = self
                 .consumers
@@ -771,6 +774,7 @@ impl Engine {
                     self.project_add(&c.project, &dest, 1, 0);
                     c.moving = Some(dest);
                     c.generation += 1;
+                    self.log_consumer(consumer, c, &[]);
                     Ok(())
                 })
             }
@@ -789,6 +793,7 @@ impl Engine {
     }
 
     fn finish_move(&self, consumer: &Uuid, confirm: bool) -> Result<()> {
+        self.writable()?;
         let mut c = self
             .consumers
             .get_mut(consumer)
@@ -820,6 +825,7 @@ impl Engine {
         let project: Arc<str> = c.project.clone();
         self.project_add(&project, &drop_allocs, -1, 0);
         c.generation += 1;
+        self.log_consumer(consumer, &c, &drop_allocs);
         Ok(())
     }
 }

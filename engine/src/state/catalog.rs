@@ -6,12 +6,15 @@ use dashmap::mapref::entry::Entry;
 use uuid::Uuid;
 
 use super::Engine;
+use super::persist::{flavor_rec, image_rec};
 use crate::error::{EngineError, Result};
 use crate::model::{Flavor, FlavorSpec, Image, ImageSpec};
+use crate::store::record::Change;
 
 impl Engine {
     /// Creates a flavor; extra specs are validated and parsed here, once.
     pub fn create_flavor(&self, spec: FlavorSpec) -> Result<Arc<Flavor>> {
+        self.writable()?;
         let f = Arc::new(spec.into_flavor()?);
         match self.flavor_names.entry(f.name.clone()) {
             Entry::Occupied(_) => return Err(EngineError::exists("flavor named", &f.name)),
@@ -25,7 +28,8 @@ impl Engine {
                 Err(EngineError::exists("flavor", &f.id))
             }
             Entry::Vacant(v) => {
-                v.insert(f.clone());
+                let f = v.insert(f).clone();
+                self.log(|| Change::Flavor(flavor_rec(&f)));
                 Ok(f)
             }
         }
@@ -50,14 +54,19 @@ impl Engine {
 
     /// Deletes a flavor (instances already placed keep their allocations).
     pub fn delete_flavor(&self, id_or_name: &str) -> Result<()> {
+        self.writable()?;
         let f = self.get_flavor(id_or_name)?;
-        self.flavors.remove(&f.id);
+        if let Entry::Occupied(o) = self.flavors.entry(f.id.clone()) {
+            self.log(|| Change::FlavorDeleted(f.id.clone()));
+            o.remove();
+        }
         self.flavor_names.remove(&f.name);
         Ok(())
     }
 
     /// Registers an image.
     pub fn create_image(&self, spec: ImageSpec) -> Result<Arc<Image>> {
+        self.writable()?;
         let img = Arc::new(spec.into_image()?);
         match self.image_names.entry(img.name.clone()) {
             Entry::Occupied(_) => return Err(EngineError::exists("image named", &img.name)),
@@ -71,7 +80,8 @@ impl Engine {
                 Err(EngineError::exists("image", img.id))
             }
             Entry::Vacant(v) => {
-                v.insert(img.clone());
+                let img = v.insert(img).clone();
+                self.log(|| Change::Image(image_rec(&img)));
                 Ok(img)
             }
         }
@@ -96,8 +106,12 @@ impl Engine {
 
     /// Deletes an image.
     pub fn delete_image(&self, id_or_name: &str) -> Result<()> {
+        self.writable()?;
         let img = self.get_image(id_or_name)?;
-        self.images.remove(&img.id);
+        if let Entry::Occupied(o) = self.images.entry(img.id) {
+            self.log(|| Change::ImageDeleted(img.id.as_bytes().to_vec()));
+            o.remove();
+        }
         self.image_names.remove(&img.name);
         Ok(())
     }

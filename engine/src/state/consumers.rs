@@ -277,6 +277,7 @@ impl Engine {
     /// all-or-nothing across providers, with the consumer-generation check. An empty set
     /// deletes the consumer.
     pub fn replace_allocations(&self, consumer: &Uuid, req: AllocationRequest) -> Result<u64> {
+        self.writable()?;
         validate_name("project_id", &req.project_id)?;
         validate_name("user_id", &req.user_id)?;
         let new = self.resolve_allocations("allocations", &req.allocations)?;
@@ -296,7 +297,7 @@ impl Engine {
                 self.swap_allocations(&[], &new)?;
                 let project: Arc<str> = Arc::from(req.project_id.as_str());
                 self.project_add(&project, &new, 1, 1);
-                v.insert(Consumer {
+                let c = v.insert(Consumer {
                     project,
                     user: Arc::from(req.user_id.as_str()),
                     generation: 1,
@@ -304,6 +305,7 @@ impl Engine {
                     moving: None,
                     group: None,
                 });
+                self.log_consumer(consumer, &c, &[]);
                 Engine::bump(&self.stats.claims);
                 Ok(1)
             }
@@ -339,6 +341,7 @@ impl Engine {
                 let old_project = c.project.clone();
                 self.project_add(&old_project, &c.allocations, -1, -1);
                 if new.is_empty() {
+                    self.log_consumer_gone(consumer, &c.allocations);
                     let c = o.remove();
                     Engine::bump(&self.stats.releases);
                     return Ok(c.generation + 1);
@@ -346,8 +349,9 @@ impl Engine {
                 c.project = Arc::from(req.project_id.as_str());
                 c.user = Arc::from(req.user_id.as_str());
                 self.project_add(&c.project, &new, 1, 1);
-                c.allocations = new;
+                let old = std::mem::replace(&mut c.allocations, new);
                 c.generation += 1;
+                self.log_consumer(consumer, c, &old);
                 Ok(c.generation)
             }
         }
@@ -356,6 +360,13 @@ impl Engine {
     /// Releases everything a consumer holds (both sides of a move, group membership).
     /// `NotFound` if it holds nothing.
     pub fn release(&self, consumer: &Uuid) -> Result<()> {
+        self.writable()?;
+        self.release_unchecked(consumer)
+    }
+
+    /// `release` without the store check: undoing a claim of the same request must work
+    /// even if the disk failed in between (the undo's record waits with the claim's).
+    pub(crate) fn release_unchecked(&self, consumer: &Uuid) -> Result<()> {
         match self.consumers.entry(*consumer) {
             Entry::Vacant(_) => Err(EngineError::not_found("consumer", consumer)),
             Entry::Occupied(o) => {
@@ -372,6 +383,7 @@ impl Engine {
                 drop(group);
                 let project = c.project.clone();
                 self.project_add(&project, &all, -1, -1);
+                self.log_consumer_gone(consumer, &all);
                 o.remove();
                 Engine::bump(&self.stats.releases);
                 Ok(())

@@ -13,6 +13,7 @@ use uuid::Uuid;
 use super::{Engine, HostRef};
 use crate::error::{EngineError, Result};
 use crate::model::{GroupPolicy, ServerGroup, ServerGroupSpec, parse_uuid, validate_name};
+use crate::store::record::Change;
 
 /// A group's live state.
 #[derive(Debug)]
@@ -91,6 +92,7 @@ impl Engine {
 
     /// Creates a server group. `max_server_per_host` is only valid for anti-affinity.
     pub fn create_group(&self, spec: ServerGroupSpec) -> Result<ServerGroup> {
+        self.writable()?;
         validate_name("name", &spec.name)?;
         validate_name("project_id", &spec.project_id)?;
         if parse_uuid("name", &spec.name).is_ok() {
@@ -140,6 +142,7 @@ impl Engine {
                     hosts: HashMap::new(),
                 };
                 let view = self.group_view(&g);
+                self.log(|| Change::Group(Self::group_rec(&g)));
                 v.insert(Arc::new(Mutex::new(g)));
                 Ok(view)
             }
@@ -186,6 +189,7 @@ impl Engine {
 
     /// Deletes a group; `FailedPrecondition` while it has members.
     pub fn delete_group(&self, id_or_name: &str) -> Result<()> {
+        self.writable()?;
         let g = self.find_group(id_or_name)?;
         let g = g.lock();
         if !g.members.is_empty() {
@@ -195,6 +199,7 @@ impl Engine {
                 g.members.len()
             )));
         }
+        self.log(|| Change::GroupDeleted(g.id.as_bytes().to_vec()));
         self.groups.remove(&g.id);
         self.group_names.remove(&g.name);
         Ok(())

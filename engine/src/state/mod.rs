@@ -16,13 +16,14 @@
 pub(crate) mod catalog;
 pub(crate) mod consumers;
 pub(crate) mod groups;
+pub mod persist;
 pub(crate) mod providers;
 pub(crate) mod shard;
 pub mod summary;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use crossbeam_utils::CachePadded;
 use dashmap::DashMap;
@@ -107,6 +108,8 @@ pub struct Engine {
     pub(crate) isolated_images: HashSet<String>,
     /// Counters.
     pub stats: Stats,
+    /// Where changes are logged (none: an ephemeral engine).
+    pub(crate) store: OnceLock<Arc<crate::store::Store>>,
 }
 
 impl Engine {
@@ -143,6 +146,7 @@ impl Engine {
             isolated_hosts: config.scheduler.isolated_hosts.iter().cloned().collect(),
             isolated_images: config.scheduler.isolated_images.iter().cloned().collect(),
             stats: Stats::default(),
+            store: OnceLock::new(),
             config,
         })
     }

@@ -15,6 +15,7 @@ use crate::model::{
     STANDARD_CLASSES, validate_aggregate, validate_az, validate_class_name, validate_name,
     validate_trait,
 };
+use crate::store::record::{AggregateMetadataRec, Change};
 
 /// The trait that takes a host out of scheduling (Nova's `COMPUTE_STATUS_DISABLED`).
 pub const DISABLED_TRAIT: &str = "COMPUTE_STATUS_DISABLED";
@@ -64,7 +65,15 @@ impl Engine {
             let known = self.classes.read().get(class);
             let id = match known {
                 Some(id) => ClassId(id),
-                None if class.starts_with("CUSTOM_") => ClassId(self.classes.write().intern(class)),
+                None if class.starts_with("CUSTOM_") => {
+                    let mut table = self.classes.write();
+                    let known = table.get(class);
+                    let id = table.intern(class);
+                    if known.is_none() {
+                        self.log(|| Change::ResourceClass(class.clone()));
+                    }
+                    ClassId(id)
+                }
                 None => unreachable_class(class)?,
             };
             if out.iter().any(|(c, _)| *c == id) {
@@ -140,6 +149,7 @@ impl Engine {
     /// Registers a provider. Errors: `InvalidArgument` (names the field), `AlreadyExists`
     /// (uuid or name taken).
     pub fn create_provider(&self, spec: ProviderSpec) -> Result<ProviderInfo> {
+        self.writable()?;
         validate_name("name", &spec.name)?;
         Self::validate_capabilities(&spec.capabilities)?;
         let inventories = self.validated_inventories(&spec.inventories)?;
@@ -214,6 +224,7 @@ impl Engine {
                     shard: s as u32,
                     slot,
                 });
+                self.log_provider(&shard, slot as usize);
                 tracing::debug!(%uuid, name = %spec.name, "resource provider created");
                 Ok(self.info_locked(&shard, slot as usize))
             }
@@ -229,6 +240,7 @@ impl Engine {
         generation: Option<u64>,
         f: impl FnOnce(&mut Shard, usize) -> Result<T>,
     ) -> Result<T> {
+        self.writable()?;
         let r = self.locate(uuid)?;
         let mut shard = self.shards[r.shard as usize].write();
         let i = r.slot as usize;
@@ -247,6 +259,7 @@ impl Engine {
         }
         let out = f(&mut shard, i)?;
         shard.generation[i] += 1;
+        self.log_provider(&shard, i);
         Ok(out)
     }
 
@@ -482,6 +495,7 @@ impl Engine {
 
     /// Deletes a provider. `FailedPrecondition` while it has allocations.
     pub fn delete_provider(&self, uuid: &Uuid) -> Result<()> {
+        self.writable()?;
         let r = self.locate(uuid)?;
         let mut shard = self.shards[r.shard as usize].write();
         let i = r.slot as usize;
@@ -497,6 +511,7 @@ impl Engine {
         let name = shard.name[i].clone();
         shard.remove(i);
         self.index.remove(uuid);
+        self.log(|| Change::ProviderDeleted(uuid.as_bytes().to_vec()));
         drop(shard);
         self.names.remove(&name);
         tracing::debug!(%uuid, name = %name, "resource provider deleted");
@@ -587,8 +602,16 @@ impl Engine {
                 ));
             }
         }
+        self.writable()?;
         let id = self.aggregates.write().intern(aggregate);
-        self.agg_metadata.write().insert(id, metadata);
+        let mut table = self.agg_metadata.write();
+        self.log(|| {
+            Change::AggregateMetadata(AggregateMetadataRec {
+                aggregate: aggregate.to_string(),
+                metadata: metadata.clone(),
+            })
+        });
+        table.insert(id, metadata);
         Ok(())
     }
 
@@ -625,11 +648,13 @@ impl Engine {
                 "only CUSTOM_* classes can be created",
             ));
         }
+        self.writable()?;
         let mut t = self.classes.write();
         if t.get(name).is_some() {
             return Err(EngineError::exists("resource class", name));
         }
         t.intern(name);
+        self.log(|| Change::ResourceClass(name.to_string()));
         Ok(())
     }
 

@@ -153,8 +153,11 @@ impl Conductor {
     }
 
     async fn power(&self, uuid: Uuid, ids: &CallIds, p: &Power) -> Result<ActionReply> {
+        // Where the vm_state alone proves the action done (not a reboot, which stays ACTIVE),
+        // a retry of an unresolved request can find it done.
+        let done_in = (!p.accepts.contains(&p.to)).then_some(p.to);
         let (b, (host, spec)) = go!(self
-            .begin(uuid, ids, p.action, p.task, p.accepts, |r| Ok((
+            .begin_with(uuid, ids, p.action, p.task, p.accepts, done_in, |r| Ok((
                 self.connected_host(&r.server, p.action)?,
                 spec_of(r)
             )))
@@ -163,6 +166,7 @@ impl Conductor {
             .node_with(&host, p.kind, spec, p.hard, String::new(), ids)
             .await;
         Ok(match out {
+            Err(f) if !f.answered() => return Err(self.unresolved(&b, f)),
             Ok(o) => {
                 let how = if p.kind == pb::ActionKind::Reboot {
                     if p.hard { "hard reboot" } else { "soft reboot" }
@@ -408,8 +412,11 @@ impl Conductor {
                 ))
             )
             .await);
-        if let Err(f) = self.node(&host, pb::ActionKind::Delete, spec, ids).await {
-            return Ok(self.finish(&b, false, f.message, None, |_| {}));
+        match self.node(&host, pb::ActionKind::Delete, spec, ids).await {
+            Ok(_) => {}
+            // A retry deletes again, which is a no-op for a domain already gone.
+            Err(f) if !f.answered() => return Err(self.unresolved(&b, f)),
+            Err(f) => return Ok(self.finish(&b, false, f.message, None, |_| {})),
         }
         // Releasing also drops the server-group membership (the engine forgets a consumer
         // without allocations); unshelve schedules it with its group again.
@@ -461,17 +468,19 @@ impl Conductor {
             .await);
         let request = match how {
             Unshelve::Start(host) => {
-                return Ok(
-                    match self.node(&host, pb::ActionKind::Start, spec, ids).await {
-                        Ok(o) => {
+                return match self.node(&host, pb::ActionKind::Start, spec, ids).await {
+                    Ok(o) => {
+                        Ok(
                             self.finish(&b, true, format!("started on {}", host.name), None, |r| {
                                 r.server.vm_state = V::Active;
                                 r.server.power_state = o.power_state;
-                            })
-                        }
-                        Err(f) => self.finish(&b, false, f.message, None, |_| {}),
-                    },
-                );
+                            }),
+                        )
+                    }
+                    // Starting again is a no-op for a running domain.
+                    Err(f) if !f.answered() => Err(self.unresolved(&b, f)),
+                    Err(f) => Ok(self.finish(&b, false, f.message, None, |_| {})),
+                };
             }
             Unshelve::Schedule(request) => request,
         };

@@ -7,7 +7,6 @@
 use std::sync::Arc;
 
 use berth_proto::v1 as pb;
-use parking_lot::Mutex;
 use uuid::Uuid;
 
 use super::idempotency;
@@ -176,13 +175,13 @@ impl Conductor {
                 resize: None,
                 actions: Vec::new(),
             };
-            let rec = Arc::new(Mutex::new(ServerRecord {
+            let rec = self.cell(ServerRecord {
                 server,
                 requests: Default::default(),
                 requested_az: req.availability_zone.clone(),
                 sync_votes: 0,
                 deleted: false,
-            }));
+            });
             {
                 let mut r = rec.lock();
                 r.start_action("create", &ids.request_id);

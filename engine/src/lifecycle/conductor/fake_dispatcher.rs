@@ -33,6 +33,9 @@ struct FakeHost {
     fail_spawns: u32,
     fail_all: Option<pb::ActionKind>,
     gate: Option<Arc<Semaphore>>,
+    /// The next dispatches whose answer is lost (the stream breaks): (how many, whether
+    /// the node did the action first).
+    lose_answers: (u32, bool),
 }
 
 #[derive(Debug, Default)]
@@ -92,6 +95,15 @@ impl FakeDispatcher {
     pub fn fail_all(&self, host: Uuid, kind: Option<pb::ActionKind>) {
         if let Some(h) = self.state.lock().hosts.get_mut(&host) {
             h.fail_all = kind;
+        }
+    }
+
+    /// The next `n` dispatches to `host` fail with `Disconnected`, as when the node dies
+    /// mid-action: before doing it (`ran` false: nothing happens, nothing is logged) or
+    /// after (`ran` true: the action takes effect and is logged, its answer is lost).
+    pub fn lose_answers(&self, host: Uuid, n: u32, ran: bool) {
+        if let Some(h) = self.state.lock().hosts.get_mut(&host) {
+            h.lose_answers = (n, ran);
         }
     }
 
@@ -299,7 +311,28 @@ impl Dispatcher for FakeDispatcher {
                 let _permit = g.acquire().await;
             }
             tokio::task::yield_now().await;
-            self.apply(host, &action)
+            let lost = {
+                let mut st = self.state.lock();
+                match st.hosts.get_mut(&host) {
+                    Some(h) if h.connected && h.lose_answers.0 > 0 => {
+                        h.lose_answers.0 -= 1;
+                        Some(h.lose_answers.1)
+                    }
+                    _ => None,
+                }
+            };
+            match lost {
+                None => self.apply(host, &action),
+                Some(ran) => {
+                    if ran {
+                        let _ = self.apply(host, &action);
+                    }
+                    Err(DispatchError::Disconnected {
+                        host: host.to_string(),
+                        action: super::kind_name(action.kind),
+                    })
+                }
+            }
         })
     }
 

@@ -5,6 +5,14 @@
 //! a repeat that arrives meanwhile (a client that timed out and retried) waits for the
 //! first call's outcome instead of acting a second time. Successful answers are kept (the
 //! last `cap` per scope); errors are not (they changed nothing, so a retry re-evaluates).
+//!
+//! A call whose node never answered (its stream broke or it timed out mid-action) ends
+//! *unresolved*: nobody knows whether the host did it. Its id is not given a final answer —
+//! that would make every retry repeat a failure the host may never have had — but it is
+//! remembered as unresolved, so a retry with the same id can tell "the first attempt took
+//! effect after all" from a fresh request (see `Conductor::begin_with`). Otherwise a retry
+//! runs the action again, which the node's state machine makes safe for power actions
+//! (stopping a stopped domain is a no-op).
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -32,6 +40,15 @@ pub(crate) enum Lookup<D, F> {
 enum Slot<D, F> {
     Pending(watch::Sender<Option<Outcome<F>>>),
     Done(D),
+    /// Ended without knowing whether the host acted; looks up as `New`.
+    Unresolved,
+}
+
+impl<D, F> Slot<D, F> {
+    /// Kept after its call ended (counted against the cap; pending ones are not).
+    fn ended(&self) -> bool {
+        !matches!(self, Slot::Pending(_))
+    }
 }
 
 /// Recent request ids of one scope (a server, a project, a host). `D` is what is kept for
@@ -56,19 +73,47 @@ impl<D: Clone, F: Clone> RequestLog<D, F> {
             return Lookup::New;
         }
         match self.entries.iter().find(|(k, _)| k == id) {
-            None => Lookup::New,
+            None | Some((_, Slot::Unresolved)) => Lookup::New,
             Some((_, Slot::Done(d))) => Lookup::Done(d.clone()),
             Some((_, Slot::Pending(tx))) => Lookup::Pending(tx.subscribe()),
         }
     }
 
-    /// Marks `id` pending (nothing for an empty id or `cap` 0).
+    /// Whether `id`'s last call ended unresolved (see the module doc).
+    pub fn is_unresolved(&self, id: &str) -> bool {
+        !id.is_empty()
+            && self
+                .entries
+                .iter()
+                .any(|(k, s)| k == id && matches!(s, Slot::Unresolved))
+    }
+
+    /// Marks `id` pending (nothing for an empty id or `cap` 0), replacing an unresolved
+    /// entry of the same id.
     pub fn start(&mut self, id: &str, cap: usize) {
         if id.is_empty() || cap == 0 {
             return;
         }
+        self.entries
+            .retain(|(k, s)| !(k == id && matches!(s, Slot::Unresolved)));
         let (tx, _) = watch::channel(None);
         self.entries.push_back((id.to_string(), Slot::Pending(tx)));
+    }
+
+    /// Ends `id` unresolved: wakes its waiters with `outcome` and remembers that nobody
+    /// knows whether it took effect. A retry looks up as `New`.
+    pub fn unresolve(&mut self, id: &str, outcome: Outcome<F>, cap: usize) {
+        if id.is_empty() {
+            return;
+        }
+        let Some(pos) = self.entries.iter().position(|(k, _)| k == id) else {
+            return;
+        };
+        if let Slot::Pending(tx) = &self.entries[pos].1 {
+            tx.send_replace(Some(outcome));
+        }
+        self.entries[pos].1 = Slot::Unresolved;
+        self.evict(cap);
     }
 
     /// Finishes `id`: wakes its waiters with `outcome`, keeps `done` (if any) and forgets
@@ -90,20 +135,17 @@ impl<D: Clone, F: Clone> RequestLog<D, F> {
                 self.entries.remove(pos);
             }
         }
-        let mut done_count = self
-            .entries
-            .iter()
-            .filter(|(_, s)| matches!(s, Slot::Done(_)))
-            .count();
-        while done_count > cap {
-            match self
-                .entries
-                .iter()
-                .position(|(_, s)| matches!(s, Slot::Done(_)))
-            {
+        self.evict(cap);
+    }
+
+    /// Forgets the oldest ended ids beyond `cap`.
+    fn evict(&mut self, cap: usize) {
+        let mut ended = self.entries.iter().filter(|(_, s)| s.ended()).count();
+        while ended > cap {
+            match self.entries.iter().position(|(_, s)| s.ended()) {
                 Some(p) => {
                     self.entries.remove(p);
-                    done_count -= 1;
+                    ended -= 1;
                 }
                 None => break,
             }
@@ -196,6 +238,25 @@ mod tests {
         log.start("d", 2);
         log.finish("d", None, Err(ConductorError::Internal("x".into())), 2);
         assert!(matches!(log.lookup("d"), Lookup::New));
+        // An unresolved id wakes its waiters, looks up as new, and is remembered as
+        // unresolved until a retry starts it again.
+        log.start("u", 2);
+        let Lookup::Pending(rx) = log.lookup("u") else {
+            panic!("u is pending")
+        };
+        let waiter = tokio::spawn(wait(rx));
+        log.unresolve("u", Err(ConductorError::Unavailable("lost".into())), 2);
+        assert!(matches!(
+            waiter.await.unwrap(),
+            Err(ConductorError::Unavailable(_))
+        ));
+        assert!(matches!(log.lookup("u"), Lookup::New));
+        assert!(log.is_unresolved("u") && !log.is_unresolved("c") && !log.is_unresolved(""));
+        log.start("u", 2);
+        assert!(!log.is_unresolved("u"), "a retry replaces it");
+        log.finish("u", Some(7), Ok(7), 2);
+        assert!(matches!(log.lookup("u"), Lookup::Done(7)));
+        assert_eq!(log.entries.iter().filter(|(k, _)| k == "u").count(), 1);
         // Nothing is remembered with a capacity of 0.
         let mut none: RequestLog<u32, u32> = RequestLog::default();
         none.start("a", 0);

@@ -15,7 +15,9 @@
 //! "check-and-set" that makes a second action wait its turn); release the lock; talk to the
 //! nodes and the engine; re-lock to apply the result, clear the task and store the answer.
 //! The work runs in its own tokio task, so a client that hangs up mid-action cannot leave a
-//! server stuck with a task_state set.
+//! server stuck with a task_state set. A node that never answers (its stream broke or timed
+//! out) leaves the outcome unknown: the task is cleared, the vm_state kept until the host
+//! reports, and the request id left *unresolved* rather than answered (see `unresolved`).
 //!
 //! Locks: each server's `parking_lot::Mutex` is held for microseconds and never across an
 //! `.await`. While holding one, code may touch the leaf maps (`servers`, `by_host`) and call
@@ -38,6 +40,7 @@ mod create;
 pub(crate) mod fake_dispatcher;
 mod idempotency;
 mod moves;
+mod persist;
 mod reconcile;
 pub mod server;
 #[cfg(test)]
@@ -354,7 +357,7 @@ pub struct EvacuationResult {
     pub message: String,
 }
 
-type Rec = Arc<Mutex<ServerRecord>>;
+type Rec = Arc<persist::ServerCell>;
 type EvacuationLog = RequestLog<Vec<EvacuationResult>, Vec<EvacuationResult>>;
 
 /// The servers and their state machine. Share it as `Arc<Conductor>`.
@@ -403,6 +406,14 @@ pub(crate) struct NodeFailure {
     pub not_connected: bool,
     /// Timeout or broken stream: the action may have run.
     pub maybe_ran: bool,
+}
+
+impl NodeFailure {
+    /// The node answered (with an error): the outcome is known. Otherwise no node took the
+    /// action or none answered it, and the call ends unresolved (see `Conductor::unresolved`).
+    pub fn answered(&self) -> bool {
+        !self.not_connected && !self.maybe_ran
+    }
 }
 
 /// An action that passed its checks and holds the server's task_state.
@@ -481,7 +492,10 @@ impl Conductor {
 
     /// Runs one action on a server (see [`Action`] and the state table in
     /// `servers.proto`). A node's failure is recorded in the server's history rather than
-    /// failing the call. Idempotent by (server, request id).
+    /// failing the call. Idempotent by (server, request id). A power action, shelve-offload
+    /// or unshelve whose node never answered (it disconnected, or timed out, mid-action)
+    /// fails UNAVAILABLE with its outcome unknown; a retry with the same request id then
+    /// acts, or is answered as done if the host reported the change meanwhile.
     pub async fn action(
         self: &Arc<Self>,
         uuid: Uuid,
@@ -794,10 +808,37 @@ impl Conductor {
         accepts: &'static [VmState],
         plan: impl FnOnce(&ServerRecord) -> Result<P>,
     ) -> Result<Start<P>> {
+        self.begin_with(uuid, ids, action, task, accepts, None, plan)
+            .await
+    }
+
+    /// [`begin`](Self::begin) for an action whose success shows in the vm_state: `done_in`
+    /// is the state it leads to, one that `accepts` does not contain. A retry of a request
+    /// that ended unresolved (its node never answered) that finds the idle server in
+    /// `done_in` learns that the first attempt took effect — the host reported it when its
+    /// node came back — and is answered as done without acting again.
+    #[allow(clippy::too_many_arguments)] // begin's six plus one; a struct would hide them
+    async fn begin_with<P>(
+        &self,
+        uuid: Uuid,
+        ids: &CallIds,
+        action: &'static str,
+        task: TaskState,
+        accepts: &'static [VmState],
+        done_in: Option<VmState>,
+        plan: impl FnOnce(&ServerRecord) -> Result<P>,
+    ) -> Result<Start<P>> {
         ids.validate()?;
+        debug_assert!(done_in.is_none_or(|d| !accepts.contains(&d)));
         let rec = self.record(&uuid)?;
         let pending = {
             let mut r = rec.lock();
+            if done_in.is_some_and(|d| d == r.server.vm_state)
+                && r.server.idle()
+                && r.requests.is_unresolved(&ids.request_id)
+            {
+                return Ok(Start::Answer(Box::new(self.settle(&mut r, action, ids))));
+            }
             match r.requests.lookup(&ids.request_id) {
                 Lookup::Done(d) => return Ok(Start::Answer(Box::new(r.replay(&d)))),
                 Lookup::Pending(rx) => rx,
@@ -897,6 +938,78 @@ impl Conductor {
         );
         count(b.action, if ok { "ok" } else { "failed" });
         reply
+    }
+
+    /// Answers a retry of an unresolved request whose first attempt turned out to have
+    /// taken effect (see [`begin_with`](Self::begin_with)): notes it in the history and keeps
+    /// the answer for the request id, as if the first attempt had been answered.
+    fn settle(&self, r: &mut ServerRecord, action: &'static str, ids: &CallIds) -> ActionReply {
+        let host = r
+            .server
+            .host
+            .as_ref()
+            .map_or_else(String::new, |h| h.name.clone());
+        let message = format!(
+            "{action} done by the earlier attempt of this request_id, whose answer was lost: host {host} reports the domain {}",
+            r.server.power_state
+        );
+        tracing::info!(server = %r.server.uuid, action, request_id = %ids.request_id, "server {}: {message}", r.server.uuid);
+        r.server.fault.clear();
+        r.note(action, true, message);
+        if let Some(a) = r.server.actions.last_mut() {
+            a.request_id.clone_from(&ids.request_id);
+        }
+        let reply = ActionReply {
+            server: r.server.clone(),
+            image_id: None,
+        };
+        let stored = StoredReply {
+            server: Server {
+                actions: Vec::new(),
+                ..reply.server.clone()
+            },
+            actions_len: reply.server.actions.len(),
+            image_id: None,
+        };
+        let cap = self.cap();
+        r.requests.start(&ids.request_id, cap);
+        r.requests
+            .finish(&ids.request_id, Some(stored), Ok(reply.clone()), cap);
+        count(action, "ok");
+        reply
+    }
+
+    /// Ends an action whose node never answered: no node took it (it disconnected after the
+    /// action began) or the stream broke or timed out while it ran, so nobody knows whether
+    /// the host did it. Recording a failure as the request's answer would be a guess, and a
+    /// wrong one would make every retry with the same request id repeat it. Instead the task
+    /// is cleared with the vm_state unchanged (the node reports the domain's real state when
+    /// it registers again, and reconciliation follows it), the history and the fault say
+    /// what happened, the request id is left unresolved so a retry acts (or finds it done),
+    /// and the call fails UNAVAILABLE.
+    fn unresolved(&self, b: &Begun, f: NodeFailure) -> ConductorError {
+        let msg = if f.not_connected {
+            format!(
+                "{}; nothing was done: retry once the host's node is back (the same request_id is safe)",
+                f.message
+            )
+        } else {
+            format!(
+                "{}; the outcome is unknown (the host may have done it): the server keeps its recorded state until its host reports the real one; retrying with the same request_id is safe",
+                f.message
+            )
+        };
+        let e = ConductorError::Unavailable(msg.clone());
+        let mut r = b.rec.lock();
+        r.server.task_state = TaskState::None;
+        r.sync_votes = 0;
+        r.server.fault.clone_from(&msg);
+        tracing::warn!(server = %b.uuid, action = b.action, "server {}: {}: {msg}", b.uuid, b.action);
+        r.end_action(b.hist, false, msg);
+        r.requests
+            .unresolve(&b.ids.request_id, Err(e.clone()), self.cap());
+        count(b.action, "unresolved");
+        e
     }
 
     /// Ends an action that turned out to be impossible before anything changed (no valid

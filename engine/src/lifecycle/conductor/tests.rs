@@ -1444,3 +1444,77 @@ async fn node_failures_go_to_the_history() {
         .unwrap();
     assert_eq!(c.engine.consumer_count(), 0);
 }
+
+#[tokio::test]
+async fn an_unanswered_action_is_unresolved_and_a_retry_completes_it_once() {
+    let c = cloud(1);
+    let s = c.one().await;
+    let h = s.host.clone().unwrap();
+    let stop = |id: &'static str| {
+        c.conductor
+            .action(s.uuid, Action::Stop, CallIds::request(id))
+    };
+
+    // The node dies before doing it: UNAVAILABLE, nothing changed, nothing cached.
+    c.fake.lose_answers(h.uuid, 1, false);
+    match stop("s1").await {
+        Err(ConductorError::Unavailable(m)) => {
+            assert!(m.contains("closed before it answered stop"), "{m}");
+            assert!(m.contains("same request_id is safe"), "{m}");
+        }
+        other => panic!("expected UNAVAILABLE, got {other:?}"),
+    }
+    let now = c.conductor.get(&s.uuid).unwrap();
+    assert_eq!((now.vm_state, now.task_state), (V::Active, T::None));
+    assert!(now.fault.contains("outcome is unknown"), "{}", now.fault);
+    let last = now.actions.last().unwrap();
+    assert!(!last.ok && last.request_id == "s1", "{last:?}");
+    assert_eq!(c.fake.count(K::Stop), 0);
+    // The retry does it, once; a third call gets the kept answer.
+    let done = stop("s1").await.unwrap().server;
+    assert_eq!((done.vm_state, done.fault.as_str()), (V::Stopped, ""));
+    assert_eq!(stop("s1").await.unwrap().server, done);
+    assert_eq!(c.fake.count(K::Stop), 1);
+    assert_eq!(c.fake.power(h.uuid, s.uuid), Some("SHUTOFF"));
+
+    // The node dies after doing it: the answer is lost, the host reports the domain when
+    // it registers again, and the retry finds it done instead of acting again.
+    c.act(s.uuid, Action::Start).await;
+    c.fake.lose_answers(h.uuid, 1, true);
+    assert!(matches!(
+        stop("s2").await,
+        Err(ConductorError::Unavailable(_))
+    ));
+    assert_eq!(c.conductor.get(&s.uuid).unwrap().vm_state, V::Active);
+    assert_eq!(c.fake.count(K::Stop), 2);
+    c.conductor.node_registered(h.uuid, &c.fake.reports(h.uuid));
+    assert_eq!(c.conductor.get(&s.uuid).unwrap().vm_state, V::Stopped);
+    let settled = stop("s2").await.unwrap().server;
+    assert_eq!(
+        (settled.vm_state, settled.task_state),
+        (V::Stopped, T::None)
+    );
+    let last = settled.actions.last().unwrap();
+    assert!(
+        last.ok && last.action == "stop" && last.request_id == "s2",
+        "{last:?}"
+    );
+    assert!(last.message.contains("earlier attempt"), "{}", last.message);
+    assert_eq!(stop("s2").await.unwrap().server, settled, "kept answer");
+    assert_eq!(c.fake.count(K::Stop), 2, "not sent again");
+    // A new request id is a new stop: refused, the server is STOPPED.
+    refused(stop("s3").await);
+
+    // While the node is away a retry is refused, and stays retryable.
+    c.act(s.uuid, Action::Start).await;
+    c.fake.lose_answers(h.uuid, 1, false);
+    assert!(stop("s4").await.is_err());
+    c.fake.set_connected(h.uuid, false);
+    match stop("s4").await {
+        Err(ConductorError::Unavailable(m)) => assert!(m.contains("no connected"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    c.fake.set_connected(h.uuid, true);
+    assert_eq!(stop("s4").await.unwrap().server.vm_state, V::Stopped);
+    c.check_invariants();
+}
