@@ -284,7 +284,10 @@ pub async fn serve_restored(
     tracing::info!(%addr, providers = engine.provider_count(), shards = engine.shard_count(), tls = security.tls.is_some(), auth = security.authenticator.enforced(), "berth-engine serving gRPC");
     match &security.admin_token {
         Some(p) if security.admin_token_written => {
-            tracing::info!("wrote an admin token to {} (the berth CLI reads it)", p.display());
+            tracing::info!(
+                "wrote an admin token to {} (the berth CLI reads it)",
+                p.display()
+            );
         }
         Some(_) => {}
         None => tracing::warn!("--insecure: no authentication, every caller is an admin"),
