@@ -8,8 +8,9 @@
 //!   restarted twice (SIGTERM, then SIGKILL) on the same port and data directory. The nodes
 //!   reconnect and register again by themselves with nothing orphaned or missing, every
 //!   server keeps its vm_state, power state, host and flavor, the placement usages and
-//!   allocations are unchanged, and actions work afterwards (start; delete removes the
-//!   domain from its host).
+//!   allocations are unchanged, calls repeated with their request ids (create, stop, and
+//!   after one more restart delete) are answered without being done again, and actions work
+//!   afterwards (start; delete removes the domain from its host).
 //! - `node_killed_mid_action`: a node is SIGKILLed while it holds an action, then restarted.
 //!   A stop killed before it ran: the client gets UNAVAILABLE, the server keeps its state,
 //!   and a retry with the same request id stops it once. A spawn killed after it ran: the
@@ -561,6 +562,48 @@ async fn restart_with_nodes_connected() {
     assert_eq!(on_b.power(paused), Some("PAUSED"));
     assert_eq!(on_a.power.len() + on_b.power.len(), uuids.len());
 
+    // Calls repeated with their request ids are answered as before the restarts, and
+    // nothing is done again: no server created, no domain spawned or stopped twice.
+    for (name, host, first) in [
+        ("on-a", "node-a", &uuids[..3]),
+        ("on-b", "node-b", &uuids[3..]),
+    ] {
+        let again = engine
+            .servers()
+            .create_server(create_req(name, 3, Some(host)))
+            .await
+            .unwrap_or_else(|s| panic!("repeat create {name}: {s:?}"))
+            .into_inner()
+            .servers;
+        assert_eq!(
+            again.iter().map(|s| s.uuid.as_str()).collect::<Vec<_>>(),
+            first.iter().map(String::as_str).collect::<Vec<_>>(),
+            "repeat create {name}"
+        );
+    }
+    let s = act(&engine, stopped, "stop-0", Action::Stop(noargs()))
+        .await
+        .expect("repeat stop");
+    assert_eq!(s.vm_state(), pb::VmState::Stopped);
+    let (on_a, on_b) = (a.domains(), b.domains());
+    for u in &uuids {
+        let on = if on_a.power(u).is_some() {
+            &on_a
+        } else {
+            &on_b
+        };
+        assert_eq!(on.calls("spawn", u), 1, "{u}: {on:?}");
+    }
+    assert_eq!(on_a.calls("stop", stopped), 1, "{on_a:?}");
+    let list = engine
+        .servers()
+        .list_servers(pb::ListServersRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .servers;
+    assert_eq!(list.len(), uuids.len(), "{list:?}");
+
     // Actions work after the restarts.
     let started = act(&engine, stopped, "start-0", Action::Start(noargs()))
         .await
@@ -594,6 +637,17 @@ async fn restart_with_nodes_connected() {
         Some(&2),
         "its resources went with it"
     );
+    // After one more restart the delete's request id still answers as the delete did.
+    engine.restart("KILL").await;
+    engine
+        .servers()
+        .delete_server(pb::DeleteServerRequest {
+            uuid: doomed.clone(),
+            request_id: "delete-4".into(),
+        })
+        .await
+        .expect("a repeated delete succeeds again");
+    assert_eq!(b.domains().calls("delete", doomed), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

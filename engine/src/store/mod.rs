@@ -88,6 +88,11 @@ pub struct State {
     pub aggregate_metadata: BTreeMap<String, BTreeMap<String, String>>,
     /// Servers by uuid.
     pub servers: FastMap<Uuid, record::ServerRec>,
+    /// Deleted servers the conductor still remembers, by uuid, each with its position in
+    /// the order they were first recorded (the conductor keeps the most recent).
+    pub deleted_servers: FastMap<Uuid, (u64, record::DeletedServerRec)>,
+    /// The next position in `deleted_servers`.
+    deleted_order: u64,
 }
 
 /// A map keyed by random uuids, filled a million times at start-up: foldhash instead of
@@ -161,6 +166,20 @@ impl State {
             }
             Change::ServerDeleted(u) => {
                 self.servers.remove(&uuid_of(&u, "server")?);
+            }
+            Change::DeletedServer(d) => {
+                let u = uuid_of(&d.uuid, "deleted server")?;
+                if !d.local_host.is_empty() {
+                    uuid_of(&d.local_host, "host")?;
+                }
+                if d.request_id.is_empty() && d.local_host.is_empty() {
+                    self.deleted_servers.remove(&u);
+                } else if let Some(e) = self.deleted_servers.get_mut(&u) {
+                    e.1 = d;
+                } else {
+                    self.deleted_servers.insert(u, (self.deleted_order, d));
+                    self.deleted_order += 1;
+                }
             }
         }
         Ok(())

@@ -14,7 +14,7 @@ pub struct Record {
     /// The change.
     #[prost(
         oneof = "Change",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15"
     )]
     pub change: Option<Change>,
 }
@@ -66,6 +66,9 @@ pub enum Change {
     /// A server was deleted (its uuid).
     #[prost(bytes = "vec", tag = "14")]
     ServerDeleted(Vec<u8>),
+    /// What the conductor still remembers of a deleted server.
+    #[prost(message, tag = "15")]
+    DeletedServer(DeletedServerRec),
 }
 
 /// An inventory of one class.
@@ -376,4 +379,21 @@ pub struct ServerRec {
     /// The zone the create asked for.
     #[prost(string, optional, tag = "24")]
     pub requested_az: Option<String>,
+}
+
+/// A deleted server the conductor still remembers, as it now is: the request id of the
+/// DeleteServer that deleted it (a repeat with that id succeeds again rather than failing
+/// NOT_FOUND) and, for a server deleted while its host's node was away, that host (whose
+/// domain for it is deleted when the node registers again). Both empty: forgotten.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct DeletedServerRec {
+    /// Server uuid.
+    #[prost(bytes = "vec", tag = "1")]
+    pub uuid: Vec<u8>,
+    /// The delete's request id (empty: none, or no longer remembered).
+    #[prost(string, tag = "2")]
+    pub request_id: String,
+    /// Host uuid whose node must still delete the domain (empty: none).
+    #[prost(bytes = "vec", tag = "3")]
+    pub local_host: Vec<u8>,
 }

@@ -194,9 +194,8 @@ impl Conductor {
             ));
         }
         validate_name("image_name", &image_name)?;
-        if self.engine.get_image(&image_name).is_ok() {
-            return Err(EngineError::exists("image named", &image_name).into());
-        }
+        // The name is checked after the request id: a repeat of a snapshot that created
+        // the image gets the first answer, not ALREADY_EXISTS.
         let (b, (host, spec, source)) = go!(self
             .begin(
                 uuid,
@@ -204,11 +203,16 @@ impl Conductor {
                 "snapshot",
                 T::ImageSnapshot,
                 &[V::Active, V::Stopped, V::Paused, V::Suspended],
-                |r| Ok((
-                    self.connected_host(&r.server, "snapshot")?,
-                    spec_of(r),
-                    r.server.image.clone()
-                ))
+                |r| {
+                    if self.engine.get_image(&image_name).is_ok() {
+                        return Err(EngineError::exists("image named", &image_name).into());
+                    }
+                    Ok((
+                        self.connected_host(&r.server, "snapshot")?,
+                        spec_of(r),
+                        r.server.image.clone(),
+                    ))
+                }
             )
             .await);
         let snap = self.node_with(
@@ -235,6 +239,7 @@ impl Conductor {
             Ok(img) => self.finish(
                 &b,
                 true,
+                // Ends with `(<image id>)`, which a restart reads back for the answer.
                 format!(
                     "snapshot {} taken on {}; image {} ({})",
                     o.snapshot_id, host.name, img.name, img.id
@@ -688,12 +693,18 @@ impl Conductor {
                 .finish(&ids.request_id, None, Ok(reply), self.cap());
             self.servers.remove(&uuid);
         }
-        if !ids.request_id.is_empty() {
+        let locally = self.local_deleted.contains_key(&uuid);
+        if locally || !ids.request_id.is_empty() {
             let mut d = self.deleted.lock();
-            d.push_back((uuid, ids.request_id.clone()));
-            while d.len() > REMEMBERED_DELETES {
-                d.pop_front();
+            if !ids.request_id.is_empty() {
+                d.push_back((uuid, ids.request_id.clone()));
+                while d.len() > REMEMBERED_DELETES {
+                    d.pop_front();
+                }
             }
+            // Both must survive a restart: a repeat answers as this call did, and the
+            // domain a local delete left is still deleted when its node comes back.
+            self.log_deleted(&d, uuid);
         }
         super::count("delete", "ok");
         tracing::info!(server = %uuid, "server {uuid} deleted: {message}");

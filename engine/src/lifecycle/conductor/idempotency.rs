@@ -138,6 +138,22 @@ impl<D: Clone, F: Clone> RequestLog<D, F> {
         self.evict(cap);
     }
 
+    /// Remembers `id` as the newest ended entry: answered with `done`, or unresolved when
+    /// `None` (nothing for an empty id or `cap` 0). An older entry of the same id is
+    /// replaced, as a retry's `start` replaces it. For rebuilding a log after a restart.
+    pub fn remember(&mut self, id: &str, done: Option<D>, cap: usize) {
+        if id.is_empty() || cap == 0 {
+            return;
+        }
+        self.entries.retain(|(k, _)| k != id);
+        let slot = match done {
+            Some(d) => Slot::Done(d),
+            None => Slot::Unresolved,
+        };
+        self.entries.push_back((id.to_string(), slot));
+        self.evict(cap);
+    }
+
     /// Forgets the oldest ended ids beyond `cap`.
     fn evict(&mut self, cap: usize) {
         let mut ended = self.entries.iter().filter(|(_, s)| s.ended()).count();
@@ -260,6 +276,27 @@ mod tests {
         // Nothing is remembered with a capacity of 0.
         let mut none: RequestLog<u32, u32> = RequestLog::default();
         none.start("a", 0);
+        none.remember("b", Some(1), 0);
         assert!(matches!(none.lookup("a"), Lookup::New));
+        assert!(matches!(none.lookup("b"), Lookup::New));
+    }
+
+    #[test]
+    fn remember_rebuilds_in_order_within_the_cap() {
+        let mut log: RequestLog<u32, u32> = RequestLog::default();
+        log.remember("a", None, 2);
+        log.remember("b", Some(2), 2);
+        log.remember("", Some(9), 2);
+        assert!(log.is_unresolved("a") && matches!(log.lookup("a"), Lookup::New));
+        assert!(matches!(log.lookup("b"), Lookup::Done(2)));
+        // A later entry of the same id replaces the earlier one (a settled retry).
+        log.remember("a", Some(1), 2);
+        assert!(!log.is_unresolved("a") && matches!(log.lookup("a"), Lookup::Done(1)));
+        assert_eq!(log.entries.len(), 2);
+        // The oldest goes beyond the cap: "b" (re-remembering "a" made it the newest).
+        log.remember("c", Some(3), 2);
+        assert!(matches!(log.lookup("b"), Lookup::New));
+        assert!(matches!(log.lookup("a"), Lookup::Done(1)));
+        assert!(matches!(log.lookup("c"), Lookup::Done(3)));
     }
 }

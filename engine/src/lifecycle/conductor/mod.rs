@@ -378,6 +378,8 @@ pub struct Conductor {
     evacuations: DashMap<Uuid, EvacuationLog>,
     /// Recently deleted (server, request id), so a repeated delete answers as the first.
     /// A plain mutex: pushed once per delete, read once per delete of an unknown server.
+    /// Changes to it and to `local_deleted` are logged under it (`log_deleted`), so both
+    /// survive a restart.
     deleted: Mutex<VecDeque<(Uuid, String)>>,
     /// Servers deleted while their node was not connected → that host. Their domain may
     /// still exist; the host's next registration asks for its deletion.

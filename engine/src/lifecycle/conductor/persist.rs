@@ -1,21 +1,24 @@
 //! Servers on disk: each server's lock is a [`ServerCell`] whose guard logs the server's
 //! new state when it is released after a change (so every change is logged, in order,
 //! while the lock is still held), and the conductor's dump and rebuild for snapshots and
-//! start-up.
+//! start-up. What a deleted server leaves behind — its delete's request id, a local delete
+//! its host has yet to carry out — is logged as a [`DeletedServerRec`]. The answers by
+//! request id are not logged: start-up rebuilds them from the servers' histories.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, MutexGuard};
 use uuid::Uuid;
 
-use super::server::{ActionRecord, MoveInfo, Server, ServerRecord, now_ms};
-use super::{Conductor, Rec, TaskState, VmState};
+use super::idempotency::RequestLog;
+use super::server::{ActionRecord, MoveInfo, Server, ServerRecord, StoredReply, now_ms};
+use super::{Conductor, REMEMBERED_DELETES, Rec, TaskState, VmState};
 use crate::HostChoice;
 use crate::model::{Flavor, ImageSpec};
 use crate::state::persist::{flavor_rec, flavor_spec, image_rec};
-use crate::store::record::{ActionRec, Change, HostRec, Record, ServerRec};
+use crate::store::record::{ActionRec, Change, DeletedServerRec, HostRec, Record, ServerRec};
 use crate::store::{State, Store};
 
 /// A server's record behind its mutex, with the store its changes go to.
@@ -279,6 +282,63 @@ fn record_of(uuid: Uuid, s: &ServerRec) -> Result<ServerRecord, String> {
     Ok(r)
 }
 
+/// The image a snapshot's history entry names: its message ends `image <name> (<uuid>)`
+/// (see `Conductor::snapshot`).
+fn snapshot_image(message: &str) -> Option<Uuid> {
+    let (_, id) = message.strip_suffix(')')?.rsplit_once('(')?;
+    Uuid::parse_str(id).ok()
+}
+
+/// Rebuilds a restored server's request log (its action request ids) from its history, as
+/// the actions had left it — the newest `cap` ids, the last entry of each id deciding:
+///
+/// - an action that succeeded is answered: a repeat gets the server as it is now (its
+///   history as it was when the action ended, and a snapshot's image id), not run again;
+/// - one that failed, did not get an answer from its node, or was interrupted by the
+///   restart is *unresolved*: a repeat is evaluated again, as after a node that never
+///   answered — acting if the server still accepts it, or answered as done if the server
+///   is found idle in the state the action leads to (`Conductor::begin_with`). Without a
+///   restart a failure the node reported is answered again with that failure; after a
+///   restart the retry tries again (the first attempt changed nothing the retry relies on).
+///
+/// `create` entries belong to the project's CreateServer log (see `Conductor::restore`).
+fn rebuild_requests(r: &mut ServerRecord, cap: usize) {
+    if cap == 0 {
+        return;
+    }
+    // Newest first, one entry per id, until `cap` ids.
+    let mut seen: HashSet<&str> = HashSet::new();
+    let mut picks: Vec<(usize, &ActionRecord)> = Vec::new();
+    for (i, a) in r.server.actions.iter().enumerate().rev() {
+        if a.request_id.is_empty() || a.action == "create" || !seen.insert(&a.request_id) {
+            continue;
+        }
+        picks.push((i, a));
+        if picks.len() == cap {
+            break;
+        }
+    }
+    if picks.is_empty() {
+        return;
+    }
+    let now = Server {
+        actions: Vec::new(),
+        ..r.server.clone()
+    };
+    for (i, a) in picks.into_iter().rev() {
+        let done = (a.ok && a.finished_at_ms != 0).then(|| StoredReply {
+            server: now.clone(),
+            actions_len: i + 1,
+            image_id: if a.action == "snapshot" {
+                snapshot_image(&a.message)
+            } else {
+                None
+            },
+        });
+        r.requests.remember(&a.request_id, done, cap);
+    }
+}
+
 impl Conductor {
     /// A cell for a new server record, logging to the engine's store.
     pub(crate) fn cell(&self, record: ServerRecord) -> Rec {
@@ -299,17 +359,90 @@ impl Conductor {
                 change: Some(Change::Server(s)),
             });
         }
+        let deleted = self.deleted.lock();
+        let mut seen: HashSet<Uuid> = HashSet::with_capacity(deleted.len());
+        for (uuid, request_id) in deleted.iter() {
+            seen.insert(*uuid);
+            out(self.deleted_record(*uuid, request_id));
+        }
+        for e in self.local_deleted.iter() {
+            if !seen.contains(e.key()) {
+                out(self.deleted_record(*e.key(), ""));
+            }
+        }
+    }
+
+    /// What the conductor remembers of deleted server `uuid`: `request_id` and whether its
+    /// host still has to delete its domain.
+    fn deleted_record(&self, uuid: Uuid, request_id: &str) -> Record {
+        let local_host = self
+            .local_deleted
+            .get(&uuid)
+            .map_or_else(Vec::new, |h| h.as_bytes().to_vec());
+        Record {
+            change: Some(Change::DeletedServer(DeletedServerRec {
+                uuid: uuid.as_bytes().to_vec(),
+                request_id: request_id.to_string(),
+                local_host,
+            })),
+        }
+    }
+
+    /// Logs what is now remembered of deleted server `uuid` (its delete's request id in
+    /// `deleted`, its pending local delete). Call with the `deleted` lock held, after
+    /// changing either, so the server's records are logged in the order of its changes.
+    pub(super) fn log_deleted(&self, deleted: &VecDeque<(Uuid, String)>, uuid: Uuid) {
+        let Some(store) = self.engine.store() else {
+            return;
+        };
+        let request_id = deleted
+            .iter()
+            .rev()
+            .find(|(u, _)| *u == uuid)
+            .map_or("", |(_, r)| r.as_str());
+        store.append(&self.deleted_record(uuid, request_id));
     }
 
     /// Rebuilds the servers from what the store read (before any call is served).
     /// Returns the servers restored and those that could not be, with why.
+    ///
+    /// The answers by request id are rebuilt too, so a client retrying a call whose answer
+    /// the restart lost gets it answered rather than done again:
+    ///
+    /// - CreateServer, per (project, request id): from the servers whose `create` history
+    ///   entry has that id, in creation order — the newest `remembered_request_ids` creates
+    ///   of each project. A repeat gets those servers as they are now (a create the restart
+    ///   interrupted: its servers, in ERROR) and creates nothing. The servers of a create
+    ///   that were deleted since are left out of its answer; a create whose servers were
+    ///   *all* deleted since is forgotten, and a repeat creates again. (Without a restart
+    ///   the repeat would get the deleted servers as they were; those records are gone, and
+    ///   a create whose servers a client has deleted is over for it.)
+    /// - Server actions, per (server, request id): from each server's history (see
+    ///   `rebuild_requests`).
+    /// - DeleteServer: the deletes remembered by request id (the last
+    ///   [`REMEMBERED_DELETES`]) answer a repeat as the first was answered, and servers
+    ///   deleted while their host's node was away are still deleted from that host when it
+    ///   registers again (see [`DeletedServerRec`]).
     pub fn restore(&self, state: &State) -> (usize, Vec<String>) {
         let mut skipped = Vec::new();
         let mut max_seq = 0;
         let mut by_seq: BTreeMap<u64, Uuid> = BTreeMap::new();
+        let cap = self.cap();
+        // (project, create request id) → (seq, uuid) of its servers.
+        let mut creates: HashMap<(String, String), Vec<(u64, Uuid)>> = HashMap::new();
         for (uuid, s) in &state.servers {
             match record_of(*uuid, s) {
-                Ok(r) => {
+                Ok(mut r) => {
+                    rebuild_requests(&mut r, cap);
+                    if let Some(a) = r.server.actions.iter().find(|a| a.action == "create")
+                        && !a.request_id.is_empty()
+                        && cap > 0
+                    {
+                        creates
+                            .entry((r.server.project_id.clone(), a.request_id.clone()))
+                            .or_default()
+                            .push((r.server.seq, *uuid));
+                    }
                     max_seq = max_seq.max(r.server.seq + 1);
                     by_seq.insert(r.server.seq, *uuid);
                     let host = r.server.host.as_ref().map(|h| h.uuid);
@@ -336,6 +469,71 @@ impl Conductor {
         }
         self.seq
             .fetch_max(max_seq, std::sync::atomic::Ordering::Relaxed);
+        self.restore_creates(creates, cap);
+        self.restore_deleted(state, &mut skipped);
         (by_seq.len(), skipped)
+    }
+
+    /// The CreateServer answers (see [`restore`](Self::restore)): per project, the newest
+    /// `cap` creates, each answered with its surviving servers in creation order.
+    fn restore_creates(&self, creates: HashMap<(String, String), Vec<(u64, Uuid)>>, cap: usize) {
+        type Group = (u64, String, Vec<(u64, Uuid)>);
+        let mut by_project: HashMap<String, Vec<Group>> = HashMap::new();
+        for ((project, request_id), mut members) in creates {
+            members.sort_unstable();
+            by_project
+                .entry(project)
+                .or_default()
+                .push((members[0].0, request_id, members));
+        }
+        for (project, mut groups) in by_project {
+            groups.sort_unstable_by_key(|g| g.0);
+            let old = groups.len().saturating_sub(cap);
+            let mut log = RequestLog::default();
+            for (_, request_id, members) in groups.into_iter().skip(old) {
+                let servers: Vec<Server> = members
+                    .iter()
+                    .filter_map(|(_, u)| self.servers.get(u).map(|e| e.value().clone()))
+                    .map(|rec| rec.lock().server.clone())
+                    .collect();
+                log.remember(&request_id, Some(servers), cap);
+            }
+            self.creates.insert(project, log);
+        }
+    }
+
+    /// The deletes remembered by request id and the pending local deletes.
+    fn restore_deleted(&self, state: &State, skipped: &mut Vec<String>) {
+        let mut gone: Vec<(u64, Uuid, &DeletedServerRec)> = state
+            .deleted_servers
+            .iter()
+            .map(|(u, (order, d))| (*order, *u, d))
+            .collect();
+        gone.sort_unstable_by_key(|g| g.0);
+        let mut deleted = self.deleted.lock();
+        for (_, uuid, d) in gone {
+            if self.servers.contains_key(&uuid) {
+                // A delete that failed on its second host after a local delete on the first
+                // (the server stays, in ERROR): a repeated delete must delete it, and its
+                // registration reconciles the first host as any other.
+                continue;
+            }
+            if !d.local_host.is_empty() {
+                match Uuid::from_slice(&d.local_host) {
+                    Ok(h) => {
+                        self.local_deleted.insert(uuid, h);
+                    }
+                    Err(_) => skipped.push(format!(
+                        "deleted server {uuid}: its host uuid is not 16 bytes"
+                    )),
+                }
+            }
+            if !d.request_id.is_empty() {
+                deleted.push_back((uuid, d.request_id.clone()));
+                if deleted.len() > REMEMBERED_DELETES {
+                    deleted.pop_front();
+                }
+            }
+        }
     }
 }

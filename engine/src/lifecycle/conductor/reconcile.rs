@@ -93,6 +93,8 @@ impl Reconciler for Conductor {
         }
         let mut report = ReconcileReport::default();
         let mut placed_here: HashSet<Uuid> = HashSet::new();
+        // Local deletes this registration settles (logged at the end).
+        let mut settled: Vec<Uuid> = Vec::new();
         for rec in self.servers_on(&host) {
             let mut r = rec.lock();
             if r.deleted {
@@ -131,6 +133,7 @@ impl Reconciler for Conductor {
                 .is_some()
             {
                 report.to_delete.push(*uuid);
+                settled.push(*uuid);
                 continue;
             }
             let rec = self.servers.get(uuid).map(|r| r.value().clone());
@@ -152,7 +155,19 @@ impl Reconciler for Conductor {
             }
         }
         // Locally deleted servers whose domain this host no longer has: nothing to do.
-        self.local_deleted.retain(|_, h| *h != host);
+        self.local_deleted.retain(|u, h| {
+            let other = *h != host;
+            if !other {
+                settled.push(*u);
+            }
+            other
+        });
+        if !settled.is_empty() {
+            let deleted = self.deleted.lock();
+            for u in settled {
+                self.log_deleted(&deleted, u);
+            }
+        }
         report.orphans.sort_unstable();
         report.missing.sort_unstable();
         report.to_delete.sort_unstable();

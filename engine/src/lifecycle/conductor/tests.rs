@@ -33,6 +33,18 @@ fn cloud(n: usize) -> Cloud {
 fn cloud_with(n: usize, config: ComputeConfig) -> Cloud {
     let engine = Arc::new(Engine::new(EngineConfig::default()).unwrap());
     let fake = FakeDispatcher::new();
+    let hosts = populate(&engine, &fake, n);
+    let conductor = Conductor::new(engine.clone(), fake.clone(), config);
+    Cloud {
+        engine,
+        fake,
+        conductor,
+        hosts,
+    }
+}
+
+/// [`cloud`]'s hosts (connected in `fake`), flavors and image.
+fn populate(engine: &Engine, fake: &FakeDispatcher, n: usize) -> Vec<HostChoice> {
     let mut hosts = Vec::new();
     for i in 0..n {
         let spec = ProviderSpec::new(format!("h{i}"))
@@ -64,13 +76,7 @@ fn cloud_with(n: usize, config: ComputeConfig) -> Cloud {
             properties: [("os_distro".to_string(), "cirros".to_string())].into(),
         })
         .unwrap();
-    let conductor = Conductor::new(engine.clone(), fake.clone(), config);
-    Cloud {
-        engine,
-        fake,
-        conductor,
-        hosts,
-    }
+    hosts
 }
 
 fn request(count: u32) -> CreateRequest {
@@ -1517,4 +1523,303 @@ async fn an_unanswered_action_is_unresolved_and_a_retry_completes_it_once() {
     c.fake.set_connected(h.uuid, true);
     assert_eq!(stop("s4").await.unwrap().server.vm_state, V::Stopped);
     c.check_invariants();
+}
+
+// ---- Restarts ---------------------------------------------------------------------------
+
+/// What a snapshot of a durable engine dumps: the engine's objects, then the servers.
+struct Everything(Arc<Engine>, Arc<Conductor>);
+
+impl crate::store::SnapshotSource for Everything {
+    fn export(&self, out: &mut dyn FnMut(crate::store::record::Record)) {
+        self.0.export(out);
+        self.1.export(out);
+    }
+}
+
+/// A [`Cloud`] on a data directory, restartable as the binary restarts: the engine and the
+/// conductor are rebuilt from what the directory holds. The fake nodes outlive a restart,
+/// as real hosts outlive the engine.
+struct Durable {
+    dir: tempfile::TempDir,
+    store: Arc<crate::store::Store>,
+    cloud: Cloud,
+}
+
+impl std::ops::Deref for Durable {
+    type Target = Cloud;
+    fn deref(&self) -> &Cloud {
+        &self.cloud
+    }
+}
+
+/// Opens `dir` the way the engine starts: read the store, rebuild the engine, log to the
+/// store, rebuild the servers.
+fn open_cloud(
+    dir: &std::path::Path,
+    fake: Arc<FakeDispatcher>,
+    hosts: Vec<HostChoice>,
+    config: ComputeConfig,
+) -> (Arc<crate::store::Store>, Cloud) {
+    let store_config = crate::store::StoreConfig {
+        data_dir: dir.to_path_buf(),
+        ephemeral: false,
+        snapshot_after_mb: 1024,
+    };
+    let (store, state, _) =
+        crate::store::Store::open(&store_config, false, &|_, _, _| {}).expect("open the store");
+    let engine = Arc::new(Engine::new(EngineConfig::default()).unwrap());
+    let r = engine.restore(&state);
+    assert!(r.skipped.is_empty(), "{:?}", r.skipped);
+    engine.attach_store(store.clone());
+    let conductor = Conductor::new(engine.clone(), fake.clone(), config);
+    let (_, skipped) = conductor.restore(&state);
+    assert!(skipped.is_empty(), "{skipped:?}");
+    store.set_source(Arc::new(Everything(engine.clone(), conductor.clone())));
+    (
+        store,
+        Cloud {
+            engine,
+            fake,
+            conductor,
+            hosts,
+        },
+    )
+}
+
+impl Durable {
+    /// [`cloud`] on a new data directory.
+    fn new(n: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = FakeDispatcher::new();
+        let (store, mut cloud) = open_cloud(dir.path(), fake, Vec::new(), Default::default());
+        cloud.hosts = populate(&cloud.engine, &cloud.fake, n);
+        Self { dir, store, cloud }
+    }
+
+    /// Stops the engine (its log flushed, as a crash after the answers were durable would
+    /// leave it) and starts it again on the same directory, with `config`.
+    fn restart_with(self, config: ComputeConfig) -> Self {
+        let Self { dir, store, cloud } = self;
+        store.close();
+        let Cloud {
+            engine,
+            fake,
+            conductor,
+            hosts,
+        } = cloud;
+        drop((engine, conductor, store));
+        let (store, cloud) = open_cloud(dir.path(), fake, hosts, config);
+        Self { dir, store, cloud }
+    }
+
+    fn restart(self) -> Self {
+        self.restart_with(ComputeConfig::default())
+    }
+}
+
+#[tokio::test]
+async fn request_ids_survive_a_restart() {
+    let c = Durable::new(2);
+    let h1 = c.host("h1");
+    let ids = CallIds::request;
+    // A create of two servers and one of a single server; one more whose server is deleted.
+    let created = c
+        .conductor
+        .create(request(2), ids("create-1"))
+        .await
+        .unwrap();
+    let mut single = request(1);
+    single.force_hosts = vec!["h1".into()];
+    let solo = c
+        .conductor
+        .create(single.clone(), ids("create-2"))
+        .await
+        .unwrap();
+    let doomed = c
+        .conductor
+        .create(request(1), ids("create-3"))
+        .await
+        .unwrap()[0]
+        .uuid;
+    c.conductor.delete(doomed, ids("delete-1")).await.unwrap();
+    let (u, v) = (created[0].uuid, solo[0].uuid);
+    let hu = created[0].host.clone().unwrap();
+    let stopped = c
+        .conductor
+        .action(u, Action::Stop, ids("stop-1"))
+        .await
+        .unwrap();
+    let snap = Action::Snapshot {
+        image_name: "snap-1".into(),
+    };
+    let snapped = c
+        .conductor
+        .action(v, snap.clone(), ids("snap-1"))
+        .await
+        .unwrap();
+    let image = snapped.image_id.unwrap();
+    assert_eq!(
+        c.conductor
+            .action(v, snap.clone(), ids("snap-1"))
+            .await
+            .unwrap(),
+        snapped,
+        "a repeated snapshot is answered, not refused for its image name"
+    );
+    // A stop whose answer the node lost after doing it: unresolved.
+    c.fake.lose_answers(h1.uuid, 1, true);
+    assert!(matches!(
+        c.conductor.action(v, Action::Stop, ids("stop-2")).await,
+        Err(ConductorError::Unavailable(_))
+    ));
+    let counts = |c: &Cloud| {
+        (
+            c.conductor.server_count(),
+            c.engine.consumer_count(),
+            c.total_used("MEMORY_MB"),
+            c.fake.count(K::Spawn),
+            c.fake.count(K::Stop),
+            c.fake.count(K::Snapshot),
+            c.fake.count(K::Delete),
+        )
+    };
+    let before = counts(&c.cloud);
+    assert_eq!(before, (3, 3, 3 * 1024, 4, 2, 1, 1));
+
+    let c = c.restart();
+    let uuids = |s: &[Server]| s.iter().map(|s| s.uuid).collect::<Vec<_>>();
+    // The creates are answered with their servers; nothing is created.
+    let again = c
+        .conductor
+        .create(request(2), ids("create-1"))
+        .await
+        .unwrap();
+    assert_eq!(uuids(&again), uuids(&created));
+    assert_eq!(again[0].vm_state, V::Stopped, "as the server is now");
+    let again = c
+        .conductor
+        .create(single.clone(), ids("create-2"))
+        .await
+        .unwrap();
+    assert_eq!(uuids(&again), uuids(&solo));
+    // The actions are answered with their first answer's history; nothing runs again.
+    let r = c
+        .conductor
+        .action(u, Action::Stop, ids("stop-1"))
+        .await
+        .unwrap();
+    assert_eq!(r.server.actions, stopped.server.actions);
+    assert_eq!((r.server.vm_state, r.server.uuid), (V::Stopped, u));
+    let r = c
+        .conductor
+        .action(v, snap.clone(), ids("snap-1"))
+        .await
+        .unwrap();
+    assert_eq!(r.image_id, Some(image));
+    assert_eq!(r.server.actions, snapped.server.actions);
+    // The delete too, rather than NOT_FOUND; a new request id is NOT_FOUND.
+    c.conductor.delete(doomed, ids("delete-1")).await.unwrap();
+    assert!(matches!(
+        c.conductor.delete(doomed, ids("delete-2")).await,
+        Err(ConductorError::ServerNotFound(_))
+    ));
+    assert_eq!(counts(&c.cloud), before);
+    // The unresolved stop: the host reports it done, and the retry is answered so.
+    c.conductor
+        .node_registered(h1.uuid, &c.fake.reports(h1.uuid));
+    let r = c
+        .conductor
+        .action(v, Action::Stop, ids("stop-2"))
+        .await
+        .unwrap();
+    assert_eq!(r.server.vm_state, V::Stopped);
+    assert!(
+        r.server
+            .actions
+            .last()
+            .unwrap()
+            .message
+            .contains("earlier attempt")
+    );
+    assert_eq!(counts(&c.cloud), before, "nothing ran again");
+    // A request id the restart did not see is a new request.
+    c.conductor
+        .action(u, Action::Start, ids("start-1"))
+        .await
+        .unwrap();
+    assert_eq!(c.fake.power(hu.uuid, u), Some("RUNNING"));
+    c.check_invariants();
+
+    // Through a snapshot, and the restart's own answers (the settled stop) too.
+    c.store.snapshot().unwrap();
+    let c = c.restart();
+    let again = c
+        .conductor
+        .create(request(2), ids("create-1"))
+        .await
+        .unwrap();
+    assert_eq!(uuids(&again), uuids(&created));
+    let before = counts(&c.cloud);
+    c.conductor.delete(doomed, ids("delete-1")).await.unwrap();
+    for (s, id) in [(u, "start-1"), (v, "stop-2"), (u, "stop-1")] {
+        c.conductor
+            .action(s, Action::Stop, ids(id))
+            .await
+            .unwrap_or_else(|e| panic!("{id}: {e}"));
+    }
+    assert_eq!(counts(&c.cloud), before, "nothing ran again");
+    assert_eq!(
+        c.fake.power(hu.uuid, u),
+        Some("RUNNING"),
+        "start-1 answered, not a stop"
+    );
+
+    // Only the newest `remembered_request_ids` per scope are kept.
+    let c = c.restart_with(ComputeConfig {
+        remembered_request_ids: 1,
+        ..Default::default()
+    });
+    let again = c.conductor.create(single, ids("create-2")).await.unwrap();
+    assert_eq!(
+        uuids(&again),
+        uuids(&solo),
+        "the newest create of the project"
+    );
+    assert_eq!(counts(&c.cloud), before);
+    let new = c
+        .conductor
+        .create(request(2), ids("create-1"))
+        .await
+        .unwrap();
+    assert_ne!(uuids(&new), uuids(&created), "forgotten: created again");
+    assert_eq!(c.conductor.server_count(), 5);
+    c.check_invariants();
+}
+
+#[tokio::test]
+async fn a_local_delete_survives_a_restart() {
+    let c = Durable::new(1);
+    let (a, b) = (c.one().await.uuid, c.one().await.uuid);
+    let h = c.host("h0");
+    c.fake.set_connected(h.uuid, false);
+    // One local delete reaches the restart in a snapshot, the other in the log.
+    c.conductor.delete(a, CallIds::default()).await.unwrap();
+    c.store.snapshot().unwrap();
+    c.conductor.delete(b, CallIds::default()).await.unwrap();
+    assert_eq!(c.engine.consumer_count(), 0);
+    assert_eq!(c.fake.domains(h.uuid).len(), 2, "still there");
+
+    let c = c.restart();
+    c.fake.set_connected(h.uuid, true);
+    let report = c.conductor.node_registered(h.uuid, &c.fake.reports(h.uuid));
+    let mut both = vec![a, b];
+    both.sort_unstable();
+    assert_eq!(report.to_delete, both);
+    assert!(report.orphans.is_empty() && report.missing.is_empty());
+
+    // Once only, across a restart too.
+    let c = c.restart();
+    let report = c.conductor.node_registered(h.uuid, &c.fake.reports(h.uuid));
+    assert_eq!((report.orphans, report.to_delete), (both, vec![]));
 }
