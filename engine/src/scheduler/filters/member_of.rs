@@ -102,7 +102,9 @@ mod tests {
             r.map(|i| format!("h{i:03}")).collect()
         };
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        let cases: Vec<(Vec<Vec<String>>, Vec<String>, Vec<String>)> = vec![
+        // (member_of, forbidden aggregates, hosts that pass)
+        type Case = (Vec<Vec<String>>, Vec<String>, Vec<String>);
+        let cases: Vec<Case> = vec![
             (vec![s(&["a"])], vec![], names(&mut (0..100))),
             (vec![s(&["b"])], vec![], names(&mut (100..200))),
             (vec![s(&["a", "b"])], vec![], names(&mut (0..200))),
