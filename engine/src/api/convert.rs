@@ -222,29 +222,46 @@ pub fn request_spec(spec: Option<pb::RequestSpec>) -> Result<RequestSpec, Status
     })
 }
 
-fn alloc_one(provider: Uuid, resources: &[(String, u64)]) -> Vec<pb::Allocation> {
-    allocations_pb(&[Allocation {
-        provider,
-        resources: resources.to_vec(),
-    }])
+/// A uuid in its hyphenated lower-case form (as `to_string`, without the formatter).
+pub fn uuid_string(u: &Uuid) -> String {
+    u.hyphenated()
+        .encode_lower(&mut Uuid::encode_buffer())
+        .to_owned()
+}
+
+fn alloc_one(provider: &str, resources: &[(String, u64)]) -> Vec<pb::Allocation> {
+    vec![pb::Allocation {
+        provider_uuid: provider.to_owned(),
+        resources: resources
+            .iter()
+            .map(|(c, n)| pb::ResourceAmount {
+                resource_class: c.clone(),
+                amount: *n,
+            })
+            .collect(),
+    }]
 }
 
 /// A selection on the wire (alternates carry the same resources, unclaimed).
 pub fn selection_pb(s: Selection) -> pb::Selection {
+    let host_uuid = uuid_string(&s.host.uuid);
     pb::Selection {
-        consumer_uuid: s.consumer.to_string(),
-        host_uuid: s.host.uuid.to_string(),
-        host_name: s.host.name.clone(),
-        allocations: alloc_one(s.host.uuid, &s.allocations),
+        consumer_uuid: uuid_string(&s.consumer),
+        allocations: alloc_one(&host_uuid, &s.allocations),
         alternates: s
             .alternates
-            .iter()
-            .map(|a| pb::Alternate {
-                host_uuid: a.uuid.to_string(),
-                host_name: a.name.clone(),
-                allocations: alloc_one(a.uuid, &s.allocations),
+            .into_iter()
+            .map(|a| {
+                let host_uuid = uuid_string(&a.uuid);
+                pb::Alternate {
+                    allocations: alloc_one(&host_uuid, &s.allocations),
+                    host_uuid,
+                    host_name: a.name,
+                }
             })
             .collect(),
+        host_uuid,
+        host_name: s.host.name,
         weight: s.weight,
     }
 }

@@ -203,10 +203,8 @@ pub async fn serve_restored(
         engine: engine.clone(),
     })
     .max_decoding_message_size(max);
-    let scheduler = SchedulerServer::new(scheduler::SchedulerApi {
-        engine: engine.clone(),
-    })
-    .max_decoding_message_size(max);
+    let scheduler = SchedulerServer::new(scheduler::SchedulerApi::new(engine.clone()))
+        .max_decoding_message_size(max);
     let catalog = CatalogServer::new(catalog::CatalogApi {
         engine: engine.clone(),
     })

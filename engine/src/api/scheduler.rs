@@ -19,21 +19,34 @@ const EXPLAIN_LIMIT: usize = 50;
 /// The Scheduler service.
 pub struct SchedulerApi {
     pub(crate) engine: Arc<Engine>,
+    /// `berth_decision_seconds{op}` for select, move and explain, registered once (with the
+    /// recorder installed when the service is built) rather than looked up per call.
+    decision_seconds: [metrics::Histogram; 3],
 }
 
 impl SchedulerApi {
     /// The service over `engine`, as [`serve`](super::serve) mounts it; fuzzers and
     /// in-process tests call its handlers directly.
     pub fn new(engine: Arc<Engine>) -> Self {
-        Self { engine }
+        Self {
+            engine,
+            decision_seconds: [SELECT, MOVE, EXPLAIN]
+                .map(|op| metrics::histogram!("berth_decision_seconds", "op" => OPS[op])),
+        }
+    }
+
+    fn observe(&self, start: Instant, op: usize) {
+        self.decision_seconds[op].record(start.elapsed().as_secs_f64());
     }
 }
 
-type R<T> = Result<Response<T>, Status>;
+/// The `op` labels of `berth_decision_seconds`, indexed by [`SELECT`], [`MOVE`], [`EXPLAIN`].
+const OPS: [&str; 3] = ["select", "move", "explain"];
+const SELECT: usize = 0;
+const MOVE: usize = 1;
+const EXPLAIN: usize = 2;
 
-fn observe(start: Instant, op: &'static str) {
-    metrics::histogram!("berth_decision_seconds", "op" => op).record(start.elapsed().as_secs_f64());
-}
+type R<T> = Result<Response<T>, Status>;
 
 #[tonic::async_trait]
 impl Scheduler for SchedulerApi {
@@ -45,7 +58,7 @@ impl Scheduler for SchedulerApi {
         let spec = request_spec(req.into_inner().spec)?;
         let start = Instant::now();
         let result = self.engine.select_destinations(&spec);
-        observe(start, "select");
+        self.observe(start, SELECT);
         match result {
             Ok(sels) => {
                 for s in &sels {
@@ -100,7 +113,7 @@ impl Scheduler for SchedulerApi {
         let spec = request_spec(r.spec)?;
         let start = Instant::now();
         let result = self.engine.move_claim(&c, &spec, r.allow_same_host);
-        observe(start, "move");
+        self.observe(start, MOVE);
         let sel = result.map_err(to_status)?;
         tracing::info!(consumer = %c, host = %sel.host.name, "move claimed");
         Ok(Response::new(pb::MoveClaimResponse {
@@ -134,7 +147,7 @@ impl Scheduler for SchedulerApi {
             .engine
             .explain(&spec, EXPLAIN_LIMIT)
             .map_err(to_status)?;
-        observe(start, "explain");
+        self.observe(start, EXPLAIN);
         Ok(Response::new(pb::ExplainResponse {
             hosts_considered: e.hosts,
             summary: e.summary(),

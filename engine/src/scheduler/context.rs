@@ -24,6 +24,17 @@ pub const NO_AZ: u16 = u16::MAX;
 /// Label id that matches no host.
 pub const NO_LABEL: u16 = u16::MAX;
 
+/// Runs `validate(field, value)` naming the field only when the value fails: the checks
+/// are pure, so the second run gives the error with the real field name, and a request's
+/// items pass without a field name formatted for each.
+fn checked(
+    validate: fn(&str, &str) -> Result<()>,
+    value: &str,
+    field: impl FnOnce() -> String,
+) -> Result<()> {
+    validate("", value).or_else(|_| validate(&field(), value))
+}
+
 /// A set of hosts with a count each, sorted by (shard, slot) so a shard's part is a slice.
 #[derive(Debug, Clone, Default)]
 pub struct HostSet {
@@ -200,24 +211,26 @@ impl RequestContext {
             .as_deref()
             .map(|f| engine.get_flavor(f))
             .transpose()?;
-        let mut wanted: Vec<(String, u64, String)> = Vec::new();
+        // (class, amount, where it came from: None = the flavor, Some(i) = resources[i]).
+        let mut wanted: SmallVec<[(&str, u64, Option<usize>); 4]> = SmallVec::new();
         if let Some(f) = &flavor {
             for (c, n) in &f.resources {
-                wanted.push((c.clone(), *n, format!("flavor {}", f.name)));
+                wanted.push((c, *n, None));
             }
         }
         for (i, (c, n)) in spec.resources.iter().enumerate() {
-            let field = format!("resources[{i}]");
-            validate_class_name(&format!("{field}.resource_class"), c)?;
+            checked(validate_class_name, c, || {
+                format!("resources[{i}].resource_class")
+            })?;
             if *n > MAX_AMOUNT {
                 return Err(EngineError::invalid(
-                    format!("{field}.amount"),
+                    format!("resources[{i}].amount"),
                     format!("{n} exceeds {MAX_AMOUNT}"),
                 ));
             }
-            wanted.retain(|(wc, _, _)| wc != c);
+            wanted.retain(|(wc, _, _)| *wc != c);
             if *n > 0 {
-                wanted.push((c.clone(), *n, field));
+                wanted.push((c, *n, Some(i)));
             }
         }
         if wanted.is_empty() {
@@ -231,18 +244,20 @@ impl RequestContext {
         let mut resources = SmallVec::new();
         {
             let classes = engine.classes.read();
-            for (c, n, field) in &wanted {
+            for &(c, n, from) in &wanted {
                 let id = classes.get(c).map(ClassId).ok_or_else(|| {
-                    EngineError::invalid(
-                        field.clone(),
-                        format!("no provider has resource class {c}"),
-                    )
+                    let field = match (from, &flavor) {
+                        (Some(i), _) => format!("resources[{i}]"),
+                        (None, Some(f)) => format!("flavor {}", f.name),
+                        (None, None) => String::new(),
+                    };
+                    EngineError::invalid(field, format!("no provider has resource class {c}"))
                 })?;
                 match id.std_index() {
-                    Some(s) => std[s] = *n,
-                    None => custom.push((id, *n)),
+                    Some(s) => std[s] = n,
+                    None => custom.push((id, n)),
                 }
-                resources.push((id, *n));
+                resources.push((id, n));
             }
         }
 
@@ -272,7 +287,7 @@ impl RequestContext {
                         .flat_map(|i| i.required_traits.iter().map(|t| (t, "image properties"))),
                 );
             for (i, (t, field)) in req.enumerate() {
-                validate_trait(&format!("{field}[{i}]"), t)?;
+                checked(validate_trait, t, || format!("{field}[{i}]"))?;
                 // A trait no provider has yet is not an error: no host passes, and the
                 // Traits filter says so (a dry run then explains instead of failing).
                 match traits.get(t) {
@@ -286,7 +301,7 @@ impl RequestContext {
                 .chain(flavor.iter().flat_map(|f| f.forbidden_traits.iter()))
                 .chain(image.iter().flat_map(|i| i.forbidden_traits.iter()));
             for (i, t) in forb.enumerate() {
-                validate_trait(&format!("forbidden_traits[{i}]"), t)?;
+                checked(validate_trait, t, || format!("forbidden_traits[{i}]"))?;
                 // A trait no provider has is trivially absent.
                 if let Some(id) = traits.get(t) {
                     set_bit(&mut forbidden_traits, id);
@@ -318,7 +333,7 @@ impl RequestContext {
                 }
                 let mut bits = Bits::new();
                 for (j, a) in set.iter().enumerate() {
-                    validate_aggregate(&format!("member_of[{i}][{j}]"), a)?;
+                    checked(validate_aggregate, a, || format!("member_of[{i}][{j}]"))?;
                     if let Some(id) = aggs.get(a) {
                         set_bit(&mut bits, id);
                     }
@@ -326,7 +341,9 @@ impl RequestContext {
                 member_of.push(bits); // empty bits: nothing can match, the filter says so
             }
             for (i, a) in spec.forbidden_aggregates.iter().enumerate() {
-                validate_aggregate(&format!("forbidden_aggregates[{i}]"), a)?;
+                checked(validate_aggregate, a, || {
+                    format!("forbidden_aggregates[{i}]")
+                })?;
                 if let Some(id) = aggs.get(a) {
                     set_bit(&mut forbidden_aggregates, id);
                 }
@@ -412,7 +429,7 @@ impl RequestContext {
         let hosts_of = |field: &str, list: &[String]| -> Result<HostSet> {
             let mut v = Vec::new();
             for (i, h) in list.iter().enumerate() {
-                validate_name(&format!("{field}[{i}]"), h)?;
+                checked(validate_name, h, || format!("{field}[{i}]"))?;
                 if let Some(u) = engine.resolve_host(h)
                     && let Some(r) = engine.index.get(&u).map(|r| *r)
                 {

@@ -381,12 +381,28 @@ impl Engine {
                     }
                 }
             }
-            for (jj, &score) in scores.iter().enumerate() {
-                let j = (lo + jj) as u32;
-                if best.len() < k || before(score, si, j, &best[k - 1]) {
-                    let pos = best.partition_point(|e| !before(score, si, j, e));
-                    best.insert(pos, (score, si, j));
-                    best.truncate(k);
+            let insert = |best: &mut Vec<Ranked>, score: f64, j: u32| {
+                let pos = best.partition_point(|e| !before(score, si, j, e));
+                best.insert(pos, (score, si, j));
+                best.truncate(k);
+            };
+            let mut jj = 0;
+            while best.len() < k && jj < len {
+                insert(&mut best, scores[jj], (lo + jj) as u32);
+                jj += 1;
+            }
+            if jj < len {
+                // The k-th best in a local: most candidates fail one comparison with it.
+                let mut worst = best[k - 1];
+                for (jj, &score) in scores.iter().enumerate().skip(jj) {
+                    if score < worst.0 {
+                        continue;
+                    }
+                    let j = (lo + jj) as u32;
+                    if before(score, si, j, &worst) {
+                        insert(&mut best, score, j);
+                        worst = best[k - 1];
+                    }
                 }
             }
         }
@@ -880,6 +896,11 @@ fn bits_to_slots(bits: &[u64], out: &mut Vec<u32>) {
     out.clear();
     out.reserve(bits.len() * 64);
     for (w, &word) in bits.iter().enumerate() {
+        let base = w as u32 * 64;
+        if word == u64::MAX {
+            out.extend(base..base + 64);
+            continue;
+        }
         let mut b = word;
         while b != 0 {
             out.push(w as u32 * 64 + b.trailing_zeros());

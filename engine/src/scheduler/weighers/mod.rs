@@ -25,7 +25,8 @@ pub trait Weigher: Send + Sync {
     fn active(&self, _ctx: &RequestContext) -> bool {
         true
     }
-    /// Raw values for `slots` of `shard` (index `shard_idx`).
+    /// Raw values for `slots` of `shard` (index `shard_idx`); `slots` are ascending and
+    /// distinct.
     fn weigh(
         &self,
         ctx: &RequestContext,
