@@ -88,6 +88,8 @@ pub struct State {
     pub aggregate_metadata: BTreeMap<String, BTreeMap<String, String>>,
     /// Servers by uuid.
     pub servers: FastMap<Uuid, record::ServerRec>,
+    /// Projects' own quota limits, by project.
+    pub quotas: BTreeMap<String, record::QuotaRec>,
 }
 
 /// A map keyed by random uuids, filled a million times at start-up: foldhash instead of
@@ -161,6 +163,13 @@ impl State {
             }
             Change::ServerDeleted(u) => {
                 self.servers.remove(&uuid_of(&u, "server")?);
+            }
+            Change::Quota(q) => {
+                if q.limits.is_empty() {
+                    self.quotas.remove(&q.project);
+                } else {
+                    self.quotas.insert(q.project.clone(), q);
+                }
             }
         }
         Ok(())

@@ -14,7 +14,7 @@ pub struct Record {
     /// The change.
     #[prost(
         oneof = "Change",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15"
     )]
     pub change: Option<Change>,
 }
@@ -66,6 +66,10 @@ pub enum Change {
     /// A server was deleted (its uuid).
     #[prost(bytes = "vec", tag = "14")]
     ServerDeleted(Vec<u8>),
+    /// A project's own quota limits, all of them (none: the project has no limits of its
+    /// own any more).
+    #[prost(message, tag = "15")]
+    Quota(QuotaRec),
 }
 
 /// An inventory of one class.
@@ -376,4 +380,26 @@ pub struct ServerRec {
     /// The zone the create asked for.
     #[prost(string, optional, tag = "24")]
     pub requested_az: Option<String>,
+}
+
+/// One limit of a project's quota.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct QuotaLimitRec {
+    /// `instances` or a resource class.
+    #[prost(string, tag = "1")]
+    pub resource: String,
+    /// The limit; absent: unlimited (overriding a default).
+    #[prost(uint64, optional, tag = "2")]
+    pub limit: Option<u64>,
+}
+
+/// A project's own quota limits.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct QuotaRec {
+    /// Project.
+    #[prost(string, tag = "1")]
+    pub project: String,
+    /// Its limits (every one it has).
+    #[prost(message, repeated, tag = "2")]
+    pub limits: Vec<QuotaLimitRec>,
 }
