@@ -153,6 +153,9 @@ pub enum Command {
     Allocation(AllocationCommand),
     /// Show resource usage per host, or a project's total usage.
     Usage(UsageArgs),
+    /// Show or set a project's quota (limits on instances and resource classes).
+    #[command(subcommand)]
+    Quota(QuotaCommand),
 }
 
 // ---- host --------------------------------------------------------------------------------
@@ -1088,7 +1091,102 @@ pub struct UsageArgs {
     pub user: Option<String>,
 }
 
+// ---- quota -------------------------------------------------------------------------------
+
+/// `berth quota ...`
+#[derive(Debug, Subcommand)]
+pub enum QuotaCommand {
+    /// Show a project's quota: `instances` and every resource class with a limit or usage,
+    /// as `used / limit`, and where each limit comes from (`project`: set with `quota set`;
+    /// `default`: `[engine] default_quota` in berth.toml; `none`: unlimited).
+    #[command(after_help = "\
+Examples:
+  berth quota show --project acme
+  berth -o json quota show --project acme | jq '.limits[] | select(.resource == \"VCPU\")'")]
+    Show {
+        /// The project (members and readers may only show their own).
+        #[arg(long, env = "BERTH_PROJECT", default_value = "default")]
+        project: String,
+    },
+    /// Set or remove limits of a project's quota (admin only); limits not named are left as
+    /// they are. A claim (server create, schedule, resize or migrate) that would take the
+    /// project over a limit fails RESOURCE_EXHAUSTED; lowering a limit below the usage evicts
+    /// nothing. N = -1 (or `unlimited`) makes the resource unlimited for this project, even
+    /// if the engine's default limits it; --unset removes the project's own limit, so the
+    /// default (unlimited unless berth.toml sets one) applies again.
+    #[command(after_help = "\
+Examples:
+  berth quota set --project acme --instances 20 --vcpu 64 --memory-mb 131072
+  berth quota set --project acme --class CUSTOM_GPU=4 --class DISK_GB=2000
+  berth quota set --project acme --vcpu -1            # unlimited VCPU for acme
+  berth quota set --project acme --unset MEMORY_MB    # back to the default")]
+    Set(QuotaSetArgs),
+}
+
+/// Arguments of `berth quota set`.
+#[derive(Debug, Args)]
+pub struct QuotaSetArgs {
+    /// The project.
+    #[arg(long, env = "BERTH_PROJECT")]
+    pub project: String,
+    /// Most instances (servers holding allocations); -1: unlimited.
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = parse_limit)]
+    pub instances: Option<LimitArg>,
+    /// Most VCPU; -1: unlimited.
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = parse_limit)]
+    pub vcpu: Option<LimitArg>,
+    /// Most MEMORY_MB; -1: unlimited.
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = parse_limit)]
+    pub memory_mb: Option<LimitArg>,
+    /// A limit on any resource class, `CLASS=N` (N = -1: unlimited); repeatable.
+    #[arg(long = "class", value_name = "CLASS=N", value_parser = parse_class_limit)]
+    pub classes: Vec<(String, LimitArg)>,
+    /// Remove the project's own limit on RESOURCE (`instances` or a resource class): the
+    /// engine's default applies again; repeatable.
+    #[arg(long, value_name = "RESOURCE")]
+    pub unset: Vec<String>,
+}
+
+/// A quota limit as typed: a number, or unlimited (`-1`, `unlimited`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitArg(pub Option<u64>);
+
+impl QuotaSetArgs {
+    /// `(resource, limit)` for every limit given, in the order of the options.
+    pub fn limits(&self) -> Vec<(String, Option<u64>)> {
+        let named = [
+            ("instances", self.instances),
+            ("VCPU", self.vcpu),
+            ("MEMORY_MB", self.memory_mb),
+        ];
+        named
+            .into_iter()
+            .filter_map(|(r, l)| l.map(|l| (r.to_string(), l.0)))
+            .chain(self.classes.iter().map(|(c, l)| (c.clone(), l.0)))
+            .collect()
+    }
+}
+
 // ---- value parsers -----------------------------------------------------------------------
+
+/// Parses a quota limit: a whole number, or `-1` / `unlimited`.
+pub fn parse_limit(s: &str) -> Result<LimitArg, String> {
+    match s {
+        "-1" | "unlimited" => Ok(LimitArg(None)),
+        _ => s
+            .parse::<u64>()
+            .map(|n| LimitArg(Some(n)))
+            .map_err(|_| format!("'{s}' is not a limit: a whole number, or -1 (unlimited)")),
+    }
+}
+
+/// Parses `CLASS=N` with a quota limit.
+pub fn parse_class_limit(s: &str) -> Result<(String, LimitArg), String> {
+    let (class, limit) = s
+        .split_once('=')
+        .ok_or_else(|| format!("'{s}' should be CLASS=N, e.g. CUSTOM_GPU=4"))?;
+    Ok((parse_class(class)?, parse_limit(limit)?))
+}
 
 /// One `CLASS=N` argument.
 #[derive(Debug, Clone, PartialEq, Eq)]

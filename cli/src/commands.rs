@@ -18,17 +18,17 @@ use tonic::{Code, Status};
 
 use crate::args::{
     AggregateCommand, AllocationCommand, Cli, Command, FlavorCommand, GroupCommand, HostCommand,
-    ImageCommand, InventoryCommand, InventorySpec, Policy, RequestIdArg, ScheduleArgs,
-    ServerActionCommand, ServerCommand, ServerCreateArgs, ServerMoveArgs, ServerState,
-    ServerTarget, TraitCommand, UsageArgs, check_distinct_classes,
+    ImageCommand, InventoryCommand, InventorySpec, Policy, QuotaCommand, RequestIdArg,
+    ScheduleArgs, ServerActionCommand, ServerCommand, ServerCreateArgs, ServerMoveArgs,
+    ServerState, ServerTarget, TraitCommand, UsageArgs, check_distinct_classes,
 };
 use crate::auth::{self, AuthChannel, BearerToken, Credentials, TokenSource};
 use crate::error::{CliError, chain, status_line};
 use crate::output::{
     AggregatesView, AllocationView, ConsumerView, DeletedView, EvacuationView, ExplainView,
     FlavorView, GroupView, HostUsageView, HostView, ImageView, InventoriesView, InventoryView,
-    Output, ProjectUsageView, SelectionView, ServerActionView, ServerView, ServersDeletedView,
-    TraitsView,
+    Output, ProjectUsageView, QuotaView, SelectionView, ServerActionView, ServerView,
+    ServersDeletedView, TraitsView,
 };
 
 /// Attempts of a read-generation-then-replace write before a conflict is reported.
@@ -185,6 +185,24 @@ pub fn precheck(cmd: &Command) -> Result<(), CliError> {
                 Err(CliError::Usage(format!("--meta key '{k}' is given twice")))
             })
         }
+        Command::Quota(QuotaCommand::Set(a)) => {
+            let named: Vec<String> = a
+                .limits()
+                .into_iter()
+                .map(|(r, _)| r)
+                .chain(a.unset.iter().cloned())
+                .collect();
+            if named.is_empty() {
+                return Err(CliError::Usage(
+                    "quota set: give a limit (--instances, --vcpu, --memory-mb, --class) or \
+                     --unset"
+                        .into(),
+                ));
+            }
+            first_duplicate(&named).map_or(Ok(()), |r| {
+                Err(CliError::Usage(format!("{r} is given twice")))
+            })
+        }
         Command::Server(ServerCommand::Delete(a)) => first_duplicate(&a.uuids)
             .map_or(Ok(()), |u| {
                 Err(CliError::Usage(format!("server {u} is given twice")))
@@ -212,6 +230,7 @@ async fn dispatch(c: &mut Clients, cmd: &Command) -> Result<Output, CliError> {
         Command::Schedule(s) => schedule(c, s).await,
         Command::Allocation(a) => allocation(c, a).await,
         Command::Usage(u) => usage(c, u).await,
+        Command::Quota(q) => quota(c, q).await,
     }
 }
 
@@ -1272,6 +1291,38 @@ async fn usage(c: &mut Clients, a: &UsageArgs) -> Result<Output, CliError> {
     Ok(Output::HostUsages(rows))
 }
 
+async fn quota(c: &mut Clients, q: &QuotaCommand) -> Result<Output, CliError> {
+    let (project_id, limits) = match q {
+        QuotaCommand::Show { project } => {
+            let r = c
+                .placement
+                .get_quota(pb::GetQuotaRequest {
+                    project_id: project.clone(),
+                })
+                .await?
+                .into_inner();
+            (r.project_id, r.limits)
+        }
+        QuotaCommand::Set(a) => {
+            let r = c
+                .placement
+                .set_quota(pb::SetQuotaRequest {
+                    project_id: a.project.clone(),
+                    limits: a
+                        .limits()
+                        .into_iter()
+                        .map(|(resource, limit)| pb::QuotaSetting { resource, limit })
+                        .collect(),
+                    unset: a.unset.clone(),
+                })
+                .await?
+                .into_inner();
+            (r.project_id, r.limits)
+        }
+    };
+    Ok(Output::Quota(QuotaView::new(project_id, limits)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1772,6 +1823,119 @@ mod tests {
         let e = run(&["server", "delete", U, &upper]).unwrap_err();
         assert_eq!(e.exit_code(), 2);
         assert!(e.render().contains(&format!("server {U} is given twice")));
+    }
+
+    #[test]
+    fn quota_set_arguments_become_limits() {
+        let cli = parse(&[
+            "quota",
+            "set",
+            "--project",
+            "acme",
+            "--vcpu",
+            "-1",
+            "--memory-mb",
+            "4096",
+            "--class",
+            "CUSTOM_GPU=unlimited",
+            "--instances",
+            "0",
+            "--unset",
+            "DISK_GB",
+        ]);
+        let Command::Quota(QuotaCommand::Set(a)) = &cli.command else {
+            panic!("{:?}", cli.command)
+        };
+        assert_eq!(a.project, "acme");
+        assert_eq!(
+            a.limits(),
+            vec![
+                ("instances".to_string(), Some(0)),
+                ("VCPU".to_string(), None),
+                ("MEMORY_MB".to_string(), Some(4096)),
+                ("CUSTOM_GPU".to_string(), None),
+            ]
+        );
+        assert_eq!(a.unset, ["DISK_GB"]);
+        assert!(precheck(&cli.command).is_ok());
+        let run = |args: &[&str]| precheck(&parse(args).command);
+        let e = run(&["quota", "set", "--project", "acme"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.render().contains("give a limit"), "{}", e.render());
+        let e = run(&[
+            "quota",
+            "set",
+            "--project",
+            "a",
+            "--vcpu",
+            "1",
+            "--class",
+            "VCPU=2",
+        ])
+        .unwrap_err();
+        assert!(e.render().contains("VCPU is given twice"), "{}", e.render());
+        let e = run(&[
+            "quota",
+            "set",
+            "--project",
+            "a",
+            "--vcpu",
+            "1",
+            "--unset",
+            "VCPU",
+        ])
+        .unwrap_err();
+        assert!(e.render().contains("VCPU is given twice"), "{}", e.render());
+        for bad in [
+            &["quota", "set", "--project", "a", "--vcpu", "-2"][..],
+            &["quota", "set", "--project", "a", "--vcpu", "many"],
+            &["quota", "set", "--project", "a", "--class", "gpu=1"],
+        ] {
+            assert!(
+                Cli::try_parse_from(std::iter::once("berth").chain(bad.iter().copied())).is_err(),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn quota_table_shows_used_over_limit() {
+        let view = QuotaView::new(
+            "acme".into(),
+            vec![
+                pb::QuotaLimit {
+                    resource: "instances".into(),
+                    limit: Some(10),
+                    used: 3,
+                    source: "project".into(),
+                },
+                pb::QuotaLimit {
+                    resource: "VCPU".into(),
+                    limit: None,
+                    used: 12,
+                    source: "none".into(),
+                },
+            ],
+        );
+        let text = Output::Quota(view).render(crate::args::OutputFormat::Table);
+        assert!(
+            text.starts_with("project_id:") && text.lines().next().unwrap().ends_with(" acme"),
+            "{text}"
+        );
+        let rows: Vec<Vec<&str>> = text
+            .lines()
+            .skip(2)
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                vec!["RESOURCE", "USED", "/", "LIMIT", "SOURCE"],
+                vec!["instances", "3", "/", "10", "project"],
+                vec!["VCPU", "12", "/", "unlimited", "none"],
+            ],
+            "{text}"
+        );
     }
 
     #[test]

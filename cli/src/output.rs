@@ -295,6 +295,46 @@ pub struct ProjectUsageView {
     pub usages: BTreeMap<String, u64>,
 }
 
+/// `quota show` and `quota set`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QuotaView {
+    /// Project.
+    pub project_id: String,
+    /// `instances` first, then the resource classes with a limit or usage.
+    pub limits: Vec<QuotaLimitView>,
+}
+
+/// One resource of a project's quota.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QuotaLimitView {
+    /// `instances` or a resource class.
+    pub resource: String,
+    /// The limit; null: unlimited.
+    pub limit: Option<u64>,
+    /// Current usage.
+    pub used: u64,
+    /// `project`, `default` or `none`.
+    pub source: String,
+}
+
+impl QuotaView {
+    /// From the engine's answer.
+    pub fn new(project_id: String, limits: Vec<pb::QuotaLimit>) -> Self {
+        Self {
+            project_id,
+            limits: limits
+                .into_iter()
+                .map(|l| QuotaLimitView {
+                    resource: l.resource,
+                    limit: l.limit,
+                    used: l.used,
+                    source: l.source,
+                })
+                .collect(),
+        }
+    }
+}
+
 /// One entry of a server's action history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ServerActionRecordView {
@@ -459,6 +499,8 @@ pub enum Output {
     HostUsages(Vec<HostUsageView>),
     /// A project's usage.
     ProjectUsage(ProjectUsageView),
+    /// A project's quota.
+    Quota(QuotaView),
     /// Something was deleted.
     Deleted(DeletedView),
     /// One server.
@@ -513,6 +555,7 @@ impl Output {
             Output::Consumer(v) => j(v),
             Output::HostUsages(v) => j(v),
             Output::ProjectUsage(v) => j(v),
+            Output::Quota(v) => j(v),
             Output::Deleted(v) => j(v),
             Output::Server(v) => j(v),
             Output::Servers(v) | Output::ServersCreated(v) => j(v),
@@ -707,6 +750,21 @@ impl Output {
                 classes.sort_by(|a, b| class_order(a.0).cmp(&class_order(b.0)));
                 for (class, used) in classes {
                     t.row([class.clone(), used.to_string()]);
+                }
+                out.push_str(&t.render());
+                out
+            }
+            Output::Quota(q) => {
+                let mut out = key_values(&[("project_id", q.project_id.clone())]);
+                out.push('\n');
+                let mut t = Table::new(["RESOURCE", "USED / LIMIT", "SOURCE"]);
+                for l in &q.limits {
+                    let limit = l.limit.map_or("unlimited".to_string(), |n| n.to_string());
+                    t.row([
+                        l.resource.clone(),
+                        format!("{} / {limit}", l.used),
+                        l.source.clone(),
+                    ]);
                 }
                 out.push_str(&t.render());
                 out

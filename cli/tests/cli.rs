@@ -165,6 +165,7 @@ fn every_command_has_help_with_examples() {
         ("image", &["create", "list", "show", "delete"]),
         ("group", &["create", "list", "show", "delete"]),
         ("allocation", &["show", "delete"]),
+        ("quota", &["show", "set"]),
     ];
     for (group, subs) in groups {
         let out = berth(&[group, "--help"]);

@@ -48,6 +48,10 @@ pub struct EngineConfig {
     pub shards: usize,
     /// Zone given to providers registered without one (Nova's `default_availability_zone`).
     pub default_availability_zone: String,
+    /// Quota limits of projects that have none of their own for a class: `instances` or a
+    /// resource class → limit. A class not listed is unlimited (unless the project sets
+    /// one with `SetQuota`).
+    pub default_quota: std::collections::BTreeMap<String, u64>,
     /// Scheduling policy.
     pub scheduler: SchedulerConfig,
 }
@@ -57,6 +61,7 @@ impl Default for EngineConfig {
         Self {
             shards: 0,
             default_availability_zone: "nova".into(),
+            default_quota: std::collections::BTreeMap::new(),
             scheduler: SchedulerConfig::default(),
         }
     }
@@ -171,6 +176,11 @@ impl EngineConfig {
     /// Checks every setting; the error names the key.
     pub fn validate(&self) -> Result<()> {
         crate::model::validate_az("default_availability_zone", &self.default_availability_zone)?;
+        for name in self.default_quota.keys() {
+            if name != crate::state::quotas::INSTANCES {
+                crate::model::validate_class_name(&format!("default_quota.{name}"), name)?;
+            }
+        }
         let s = &self.scheduler;
         if !s.filters.iter().any(|f| f == "Capacity") {
             return Err(EngineError::invalid(

@@ -52,6 +52,10 @@ pub enum EngineError {
     /// The change cannot be made durable (the data directory refuses writes).
     #[error("{0}")]
     Unavailable(String),
+    /// The request would take a project over its quota; the message names each limit with
+    /// its usage and the amount requested.
+    #[error("{0}")]
+    QuotaExceeded(String),
 }
 
 impl EngineError {
@@ -86,6 +90,7 @@ impl EngineError {
             Self::GenerationConflict { .. } => "generation_conflict",
             Self::NoValidHost(_) => "no_valid_host",
             Self::Unavailable(_) => "unavailable",
+            Self::QuotaExceeded(_) => "quota_exceeded",
         }
     }
 }

@@ -31,5 +31,6 @@ pub use error::{EngineError, NoValidHost, Result};
 pub use scheduler::{Explanation, HostChoice, RankedHost, Selection, WeigherContribution};
 pub use state::consumers::{AllocationRequest, ConsumerAllocations, ProjectUsageReport};
 pub use state::providers::{DISABLED_TRAIT, ProviderFilter};
+pub use state::quotas::{LimitSource, QuotaLine, QuotaReport};
 pub use state::summary::CloudSummary;
 pub use state::{Engine, HostRef};

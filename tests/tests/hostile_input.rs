@@ -68,6 +68,8 @@ rpcs!(
     placement.delete_allocations(DeleteAllocationsRequest),
     placement.get_provider_usages(GetProviderUsagesRequest),
     placement.get_project_usages(GetProjectUsagesRequest),
+    placement.get_quota(GetQuotaRequest),
+    placement.set_quota(SetQuotaRequest),
     placement.get_allocation_candidates(GetAllocationCandidatesRequest),
     scheduler.select_destinations(SelectDestinationsRequest),
     scheduler.release(ReleaseRequest),
@@ -102,6 +104,7 @@ struct Fingerprint {
     providers: Vec<pb::ResourceProvider>,
     allocations: Vec<Result<pb::GetAllocationsResponse, Code>>,
     projects: Vec<pb::GetProjectUsagesResponse>,
+    quotas: Vec<pb::GetQuotaResponse>,
     classes: Vec<String>,
     traits: Vec<String>,
     flavors: Vec<pb::Flavor>,
@@ -317,8 +320,17 @@ impl World {
             );
         }
         let mut projects = Vec::new();
+        let mut quotas = Vec::new();
         for project in ["p1", "p2"] {
             projects.push(project_usages(p, project).await);
+            quotas.push(
+                p.get_quota(pb::GetQuotaRequest {
+                    project_id: project.into(),
+                })
+                .await
+                .expect("quota")
+                .into_inner(),
+            );
         }
         let classes = p
             .list_resource_classes(pb::ListResourceClassesRequest {})
@@ -374,6 +386,7 @@ impl World {
             providers,
             allocations,
             projects,
+            quotas,
             classes,
             traits,
             flavors,
@@ -510,6 +523,68 @@ fn cases(w: &World) -> Vec<Case> {
         ),
         bad(R::GetProviderUsagesRequest(Default::default()), "uuid"),
         bad(R::GetProjectUsagesRequest(Default::default()), "project_id"),
+        bad(R::GetQuotaRequest(Default::default()), "project_id"),
+        bad(R::SetQuotaRequest(Default::default()), "project_id"),
+        bad(
+            R::SetQuotaRequest(pb::SetQuotaRequest {
+                project_id: "p1".into(),
+                ..Default::default()
+            }),
+            "limits",
+        ),
+        bad(
+            R::GetQuotaRequest(pb::GetQuotaRequest {
+                project_id: long(256),
+            }),
+            "project_id",
+        ),
+        bad(
+            R::SetQuotaRequest(pb::SetQuotaRequest {
+                project_id: "p1".into(),
+                limits: vec![pb::QuotaSetting {
+                    resource: "CUSTOM_NOPE".into(),
+                    limit: Some(1),
+                }],
+                ..Default::default()
+            }),
+            "limits[0].resource",
+        ),
+        bad(
+            R::SetQuotaRequest(pb::SetQuotaRequest {
+                project_id: "p1".into(),
+                limits: vec![
+                    pb::QuotaSetting {
+                        resource: "VCPU".into(),
+                        limit: Some(1),
+                    },
+                    pb::QuotaSetting {
+                        resource: "VCPU".into(),
+                        limit: None,
+                    },
+                ],
+                ..Default::default()
+            }),
+            "limits[1].resource",
+        ),
+        bad(
+            R::SetQuotaRequest(pb::SetQuotaRequest {
+                project_id: "p1".into(),
+                limits: vec![pb::QuotaSetting {
+                    resource: "instances".into(),
+                    limit: Some(1),
+                }],
+                unset: vec!["instances".into()],
+            }),
+            "unset[0]",
+        ),
+        bad(
+            R::SetQuotaRequest(pb::SetQuotaRequest {
+                project_id: "p1".into(),
+                unset: vec!["".into()],
+                ..Default::default()
+            }),
+            "unset[0]",
+        ),
         bad(
             R::GetAllocationCandidatesRequest(Default::default()),
             "resources",

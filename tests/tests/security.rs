@@ -301,6 +301,17 @@ async fn invoke(path: &str, ch: AuthChannel, f: &Fixture) -> Result<(), Status> 
                 user_id: None,
             }))
         }
+        ("berth.v1.Placement", "GetQuota") => ok!(p.get_quota(pb::GetQuotaRequest {
+            project_id: P1.into(),
+        })),
+        ("berth.v1.Placement", "SetQuota") => ok!(p.set_quota(pb::SetQuotaRequest {
+            project_id: P1.into(),
+            limits: vec![pb::QuotaSetting {
+                resource: "instances".into(),
+                limit: Some(1000),
+            }],
+            unset: vec![],
+        })),
         ("berth.v1.Placement", "GetProviderUsages") => {
             ok!(p.get_provider_usages(pb::GetProviderUsagesRequest { uuid: host() }))
         }
@@ -477,6 +488,14 @@ async fn snapshot(server: &TestServer, f: &Fixture) -> String {
         ),
         allocations(&mut p, &f.consumer).await,
         project_usages(&mut p, P1).await,
+    ) + &format!(
+        "\n{:?}",
+        p.get_quota(pb::GetQuotaRequest {
+            project_id: P1.into()
+        })
+        .await
+        .expect("quota")
+        .into_inner()
     )
 }
 
@@ -597,6 +616,7 @@ async fn every_rpc_refuses_the_wrong_caller_and_changes_nothing() {
     let denied: BTreeSet<&str> = [
         "CreateServerGroup",
         "GetProjectUsages",
+        "GetQuota",
         "SelectDestinations",
         "CreateServer",
     ]

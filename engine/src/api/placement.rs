@@ -1,5 +1,5 @@
 //! `berth.v1.Placement`: providers, inventories, traits, aggregates, classes, allocations,
-//! usages and allocation candidates. Converts, calls the engine, converts back.
+//! usages, quotas and allocation candidates. Converts, calls the engine, converts back.
 
 use std::sync::Arc;
 
@@ -18,6 +18,18 @@ use crate::auth::Scope;
 use crate::model::{ProviderSpec, ProviderUpdate, RequestSpec};
 use crate::state::consumers::AllocationRequest;
 use crate::state::providers::ProviderFilter;
+
+fn quota_pb(lines: Vec<crate::QuotaLine>) -> Vec<pb::QuotaLimit> {
+    lines
+        .into_iter()
+        .map(|l| pb::QuotaLimit {
+            resource: l.resource,
+            limit: l.limit,
+            used: l.used,
+            source: l.source.as_str().to_string(),
+        })
+        .collect()
+}
 
 /// The Placement service.
 pub struct PlacementApi {
@@ -548,6 +560,33 @@ impl Placement for PlacementApi {
                 })
                 .collect(),
             instances: u32::try_from(rep.consumers).unwrap_or(u32::MAX),
+        }))
+    }
+
+    async fn get_quota(&self, req: Request<pb::GetQuotaRequest>) -> R<pb::GetQuotaResponse> {
+        Scope::of(&req).require("project_id", &req.get_ref().project_id)?;
+        let r = req.into_inner();
+        let q = self.engine.quota(&r.project_id).map_err(to_status)?;
+        Ok(Response::new(pb::GetQuotaResponse {
+            project_id: q.project_id,
+            limits: quota_pb(q.limits),
+        }))
+    }
+
+    async fn set_quota(&self, req: Request<pb::SetQuotaRequest>) -> R<pb::SetQuotaResponse> {
+        let r = req.into_inner();
+        let set: Vec<(String, Option<u64>)> = r
+            .limits
+            .into_iter()
+            .map(|l| (l.resource, l.limit))
+            .collect();
+        let q = self
+            .engine
+            .set_quota(&r.project_id, &set, &r.unset)
+            .map_err(to_status)?;
+        Ok(Response::new(pb::SetQuotaResponse {
+            project_id: q.project_id,
+            limits: quota_pb(q.limits),
         }))
     }
 

@@ -1,7 +1,8 @@
 //! The one place engine errors become gRPC statuses. The mapping is a contract:
 //! InvalidArgument → INVALID_ARGUMENT, NotFound → NOT_FOUND, AlreadyExists →
 //! ALREADY_EXISTS, FailedPrecondition → FAILED_PRECONDITION, GenerationConflict → ABORTED,
-//! NoValidHost → RESOURCE_EXHAUSTED with a `berth.v1.NoValidHostDetail` as details.
+//! NoValidHost → RESOURCE_EXHAUSTED with a `berth.v1.NoValidHostDetail` as details,
+//! QuotaExceeded → RESOURCE_EXHAUSTED without details, Unavailable → UNAVAILABLE.
 
 use berth_proto::v1::{FilterRejection, NoValidHostDetail};
 use prost::Message;
@@ -19,6 +20,7 @@ pub fn to_status(e: EngineError) -> Status {
         EngineError::FailedPrecondition(_) => Status::failed_precondition(msg),
         EngineError::GenerationConflict { .. } => Status::aborted(msg),
         EngineError::Unavailable(_) => Status::unavailable(msg),
+        EngineError::QuotaExceeded(_) => Status::resource_exhausted(msg),
         EngineError::NoValidHost(nvh) => {
             for (filter, n) in &nvh.rejections {
                 metrics::counter!("berth_filter_rejections_total", "filter" => filter.clone())

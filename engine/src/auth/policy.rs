@@ -95,6 +95,8 @@ pub const METHODS: &[(&str, Access)] = &[
     ("/berth.v1.Placement/GetInventories", Admin),
     ("/berth.v1.Placement/GetProjectUsages", ProjectRead),
     ("/berth.v1.Placement/GetProviderUsages", Admin),
+    // A member or reader reads its own project's quota (the service checks the project).
+    ("/berth.v1.Placement/GetQuota", ProjectRead),
     ("/berth.v1.Placement/GetResourceProvider", Admin),
     ("/berth.v1.Placement/GetTraits", Admin),
     ("/berth.v1.Placement/ListResourceClasses", Catalog),
@@ -108,6 +110,7 @@ pub const METHODS: &[(&str, Access)] = &[
     ("/berth.v1.Placement/ReplaceInventories", Admin),
     ("/berth.v1.Placement/ReplaceTraits", Admin),
     ("/berth.v1.Placement/SetAggregateMetadata", Admin),
+    ("/berth.v1.Placement/SetQuota", Admin),
     ("/berth.v1.Placement/UpdateResourceProvider", Admin),
     ("/berth.v1.Scheduler/ConfirmMove", ProjectWrite),
     ("/berth.v1.Scheduler/Explain", Admin),

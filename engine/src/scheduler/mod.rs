@@ -31,6 +31,7 @@ use crate::error::{EngineError, NoValidHost, Result};
 use crate::model::{GroupPolicy, RequestSpec};
 use crate::state::consumers::{Amounts, Consumer, HostAlloc};
 use crate::state::groups::GroupState;
+use crate::state::quotas::UsageDelta;
 use crate::state::shard::{DISABLED, Shard, UP};
 use crate::state::{Engine, HostRef};
 use context::RequestContext;
@@ -628,6 +629,10 @@ impl Engine {
         }
         let count = ctx.instance_uuids.len();
         let uuids = ctx.instance_uuids.clone();
+        // The whole request is charged to the project's usage (and checked against its
+        // quota) before any host is claimed; what is not placed is given back below.
+        let all = UsageDelta::consumers(count as i64).add(&ctx.resources, count as u64);
+        self.charge(&ctx.project, &all)?;
         let mut done: Vec<Selection> = Vec::with_capacity(count);
         for (n, consumer) in uuids.iter().enumerate() {
             let result = match self.consumers.entry(*consumer) {
@@ -636,7 +641,6 @@ impl Engine {
                     let mut slot = Some(v);
                     self.place(&ctx, consumer, |alloc| {
                         let allocations = vec![alloc];
-                        self.project_add(&ctx.project, &allocations, 1, 1);
                         if let Some(v) = slot.take() {
                             let c = v.insert(Consumer {
                                 project: ctx.project.clone(),
@@ -657,8 +661,12 @@ impl Engine {
                 Err(mut e) => {
                     for s in &done {
                         // Cannot fail: we hold these consumers and nobody else knows them yet.
+                        // Each release takes its own share off the project's usage.
                         let _ = self.release_unchecked(&s.consumer);
                     }
+                    let rest = (count - done.len()) as u64;
+                    let unplaced = UsageDelta::consumers(rest as i64).add(&ctx.resources, rest);
+                    self.uncharge(&ctx.project, &unplaced.reversed());
                     if let EngineError::NoValidHost(nvh) = &mut e
                         && count > 1
                     {
@@ -784,15 +792,23 @@ impl Engine {
                         ),
                     ));
                 }
+                // Both sides count while the move lasts (Placement's rule): the
+                // destination is charged to the project's quota before it is claimed.
+                let project = o.get().project.clone();
+                let dest_usage = UsageDelta::consumers(0).add(&ctx.resources, 1);
+                self.charge(&project, &dest_usage)?;
                 let c = o.get_mut();
-                self.place(&ctx, consumer, |alloc| {
+                let placed = self.place(&ctx, consumer, |alloc| {
                     let dest = vec![alloc];
-                    self.project_add(&c.project, &dest, 1, 0);
                     c.moving = Some(dest);
                     c.generation += 1;
                     self.log_consumer(consumer, c, &[]);
                     Ok(())
-                })
+                });
+                if placed.is_err() {
+                    self.uncharge(&project, &dest_usage.reversed());
+                }
+                placed
             }
         }
     }

@@ -9,6 +9,7 @@ use dashmap::mapref::entry::Entry;
 use smallvec::SmallVec;
 use uuid::Uuid;
 
+use super::quotas::UsageDelta;
 use super::{Engine, HostRef};
 use crate::error::{EngineError, Result};
 use crate::model::{Allocation, ClassId, MAX_AMOUNT, validate_class_name, validate_name};
@@ -39,11 +40,13 @@ pub(crate) struct Consumer {
     pub group: Option<Uuid>,
 }
 
-/// Usage of one project.
+/// Usage of one project, and its own quota limits (see `quotas`).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ProjectUsage {
     pub amounts: BTreeMap<ClassId, u64>,
     pub consumers: u64,
+    /// The project's own limits, sorted by key; empty: the default applies to every class.
+    pub limits: Vec<super::quotas::OwnLimit>,
 }
 
 /// A consumer's allocations as reported.
@@ -294,9 +297,13 @@ impl Engine {
                 if new.is_empty() {
                     return Ok(0);
                 }
-                self.swap_allocations(&[], &new)?;
                 let project: Arc<str> = Arc::from(req.project_id.as_str());
-                self.project_add(&project, &new, 1, 1);
+                let usage = UsageDelta::consumers(1).add_allocs(&new);
+                self.charge(&project, &usage)?;
+                if let Err(e) = self.swap_allocations(&[], &new) {
+                    self.uncharge(&project, &usage.reversed());
+                    return Err(e);
+                }
                 let c = v.insert(Consumer {
                     project,
                     user: Arc::from(req.user_id.as_str()),
@@ -326,11 +333,39 @@ impl Engine {
                         "consumer {consumer} is in the middle of a move; confirm or revert it first"
                     )));
                 }
+                // The quota: only what grows is checked, and charged before the swap. In
+                // the same project that is the difference; a consumer moving to another
+                // project is a new consumer there; an empty set is a release (no check).
+                let same_project = *c.project == *req.project_id;
+                let charged: Option<(Arc<str>, UsageDelta)> = if new.is_empty() {
+                    None
+                } else if same_project {
+                    Some((
+                        c.project.clone(),
+                        UsageDelta::consumers(0)
+                            .add_allocs(&new)
+                            .sub_allocs(&c.allocations),
+                    ))
+                } else {
+                    Some((
+                        Arc::from(req.project_id.as_str()),
+                        UsageDelta::consumers(1).add_allocs(&new),
+                    ))
+                };
+                if let Some((p, usage)) = &charged {
+                    self.charge(p, usage)?;
+                }
                 // Hold the group's lock across the swap so no anti-affine claim sees the
                 // member half-moved.
                 let group = c.group.and_then(|g| self.groups.get(&g).map(|r| r.clone()));
                 let mut group = group.as_ref().map(|g| g.lock());
-                self.swap_allocations(&c.allocations, &new)?;
+                if let Err(e) = self.swap_allocations(&c.allocations, &new) {
+                    drop(group);
+                    if let Some((p, usage)) = &charged {
+                        self.uncharge(p, &usage.reversed());
+                    }
+                    return Err(e);
+                }
                 if let Some(g) = group.as_mut() {
                     g.forget(consumer);
                     for a in &new {
@@ -338,17 +373,21 @@ impl Engine {
                     }
                 }
                 drop(group);
-                let old_project = c.project.clone();
-                self.project_add(&old_project, &c.allocations, -1, -1);
                 if new.is_empty() {
+                    let old_project = c.project.clone();
+                    self.project_add(&old_project, &c.allocations, -1, -1);
                     self.log_consumer_gone(consumer, &c.allocations);
                     let c = o.remove();
                     Engine::bump(&self.stats.releases);
                     return Ok(c.generation + 1);
                 }
-                c.project = Arc::from(req.project_id.as_str());
+                if let Some((p, _)) = charged
+                    && !same_project
+                {
+                    let old_project = std::mem::replace(&mut c.project, p);
+                    self.project_add(&old_project, &c.allocations, -1, -1);
+                }
                 c.user = Arc::from(req.user_id.as_str());
-                self.project_add(&c.project, &new, 1, 1);
                 let old = std::mem::replace(&mut c.allocations, new);
                 c.generation += 1;
                 self.log_consumer(consumer, c, &old);

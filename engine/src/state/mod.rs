@@ -18,6 +18,7 @@ pub(crate) mod consumers;
 pub(crate) mod groups;
 pub mod persist;
 pub(crate) mod providers;
+pub mod quotas;
 pub(crate) mod shard;
 pub mod summary;
 
@@ -90,8 +91,11 @@ pub struct Engine {
     pub(crate) agg_metadata: RwLock<HashMap<u32, BTreeMap<String, String>>>,
     /// Consumers (instances) and their allocations.
     pub(crate) consumers: DashMap<Uuid, Consumer>,
-    /// Usage per project.
+    /// Usage and own quota limits per project. A quota check and the usage update it
+    /// guards happen under one entry (see `quotas`).
     pub(crate) projects: DashMap<Arc<str>, ProjectUsage>,
+    /// `[engine] default_quota`, resolved.
+    pub(crate) quota_default: quotas::DefaultQuota,
     /// Server groups, each behind its own lock (see the module doc).
     pub(crate) groups: DashMap<Uuid, Arc<Mutex<GroupState>>>,
     /// group name → id.
@@ -137,6 +141,7 @@ impl Engine {
             agg_metadata: RwLock::new(HashMap::new()),
             consumers: DashMap::new(),
             projects: DashMap::new(),
+            quota_default: quotas::DefaultQuota::new(&config.default_quota),
             groups: DashMap::new(),
             group_names: DashMap::new(),
             flavors: DashMap::new(),

@@ -216,6 +216,9 @@ impl Engine {
                 metadata,
             }));
         }
+        for q in self.quota_recs() {
+            emit(Change::Quota(q));
+        }
         for f in self.list_flavors() {
             emit(Change::Flavor(flavor_rec(&f)));
         }
@@ -273,6 +276,13 @@ impl Engine {
                 report
                     .skipped
                     .push(format!("aggregate {agg} metadata: {e}"));
+            }
+        }
+        for q in state.quotas.values() {
+            if let Err(e) = self.restore_quota(q) {
+                report
+                    .skipped
+                    .push(format!("quota of project {}: {e}", q.project));
             }
         }
         for f in state.flavors.values() {

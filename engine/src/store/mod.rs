@@ -93,6 +93,8 @@ pub struct State {
     pub deleted_servers: FastMap<Uuid, (u64, record::DeletedServerRec)>,
     /// The next position in `deleted_servers`.
     deleted_order: u64,
+    /// Projects' own quota limits, by project.
+    pub quotas: BTreeMap<String, record::QuotaRec>,
 }
 
 /// A map keyed by random uuids, filled a million times at start-up: foldhash instead of
@@ -179,6 +181,13 @@ impl State {
                 } else {
                     self.deleted_servers.insert(u, (self.deleted_order, d));
                     self.deleted_order += 1;
+                }
+            }
+            Change::Quota(q) => {
+                if q.limits.is_empty() {
+                    self.quotas.remove(&q.project);
+                } else {
+                    self.quotas.insert(q.project.clone(), q);
                 }
             }
         }

@@ -69,6 +69,10 @@ pub enum Change {
     /// What the conductor still remembers of a deleted server.
     #[prost(message, tag = "15")]
     DeletedServer(DeletedServerRec),
+    /// A project's own quota limits, all of them (none: the project has no limits of its
+    /// own any more).
+    #[prost(message, tag = "16")]
+    Quota(QuotaRec),
 }
 
 /// An inventory of one class.
@@ -396,4 +400,26 @@ pub struct DeletedServerRec {
     /// Host uuid whose node must still delete the domain (empty: none).
     #[prost(bytes = "vec", tag = "3")]
     pub local_host: Vec<u8>,
+}
+
+/// One limit of a project's quota.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct QuotaLimitRec {
+    /// `instances` or a resource class.
+    #[prost(string, tag = "1")]
+    pub resource: String,
+    /// The limit; absent: unlimited (overriding a default).
+    #[prost(uint64, optional, tag = "2")]
+    pub limit: Option<u64>,
+}
+
+/// A project's own quota limits.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct QuotaRec {
+    /// Project.
+    #[prost(string, tag = "1")]
+    pub project: String,
+    /// Its limits (every one it has).
+    #[prost(message, repeated, tag = "2")]
+    pub limits: Vec<QuotaLimitRec>,
 }

@@ -81,6 +81,7 @@ fn fingerprint(e: &Engine) -> String {
     out += &format!("{:?}\n", e.aggregate_metadata("agg-a"));
     for p in ["demo", "other"] {
         out += &format!("{:?}\n", e.project_usages(p, None).unwrap());
+        out += &format!("{:?}\n", e.quota(p).unwrap());
     }
     out
 }
@@ -135,6 +136,25 @@ fn workload(e: &Engine, seed: u64) -> Vec<Uuid> {
         .unwrap();
     e.set_aggregate_metadata("agg-a", BTreeMap::from([("ssd".into(), "true".into())]))
         .unwrap();
+    // Quotas: set, overridden to unlimited, and one set then unset (never binding here).
+    e.set_quota(
+        "other",
+        &[
+            ("instances".into(), Some(10_000 + seed)),
+            (format!("CUSTOM_FPGA{seed}"), Some(seed)),
+            ("VCPU".into(), None),
+        ],
+        &[],
+    )
+    .unwrap();
+    e.set_quota("demo", &[("MEMORY_MB".into(), Some(1 << 40))], &[])
+        .unwrap();
+    e.set_quota(
+        "demo",
+        &[("DISK_GB".into(), Some(1_000_000 + seed))],
+        &["MEMORY_MB".into()],
+    )
+    .unwrap();
     e.create_flavor(FlavorSpec {
         id: Some(format!("f{seed}")),
         name: format!("small-{seed}"),
@@ -414,4 +434,55 @@ fn state_apply_rejects_records_it_did_not_write() {
         })),
     };
     assert!(s.apply(bad).unwrap_err().contains("16"));
+}
+
+#[test]
+fn a_quota_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (e, store, _) = open(dir.path(), false).unwrap();
+    e.create_resource_class("CUSTOM_GPU").unwrap();
+    e.set_quota(
+        "acme",
+        &[
+            ("VCPU".into(), Some(10)),
+            ("instances".into(), Some(3)),
+            ("CUSTOM_GPU".into(), None),
+        ],
+        &[],
+    )
+    .unwrap();
+    e.set_quota("gone", &[("VCPU".into(), Some(1))], &[])
+        .unwrap();
+    e.set_quota("gone", &[], &["VCPU".into()]).unwrap();
+    settle(&store);
+    let want = e.quota("acme").unwrap();
+    store.close();
+    drop((e, store));
+
+    // From the log alone, then from a snapshot.
+    for round in 0..2 {
+        let (e, store, _) = open(dir.path(), false).unwrap();
+        assert_eq!(e.quota("acme").unwrap(), want, "round {round}");
+        let vcpu = want.limits.iter().find(|l| l.resource == "VCPU").unwrap();
+        assert_eq!(vcpu.limit, Some(10));
+        assert_eq!(
+            e.quota("gone").unwrap().limits.len(),
+            1,
+            "an unset limit stays unset"
+        );
+        // Still enforced.
+        let h = e.create_provider(host("h", "az1")).unwrap().uuid;
+        let mut spec = RequestSpec::resources(&[("VCPU", 11)]);
+        spec.project_id = "acme".into();
+        assert!(matches!(
+            e.select_destinations(&spec),
+            Err(crate::EngineError::QuotaExceeded(_))
+        ));
+        e.delete_provider(&h).unwrap();
+        if round == 0 {
+            store.snapshot().unwrap();
+        }
+        settle(&store);
+        store.close();
+    }
 }
