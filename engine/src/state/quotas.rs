@@ -687,12 +687,14 @@ mod tests {
 
     #[test]
     fn defaults_own_limits_unlimited_and_unset() {
-        let mut config = EngineConfig::default();
-        config.default_quota = BTreeMap::from([
-            ("instances".to_string(), 2),
-            ("VCPU".to_string(), 3),
-            ("CUSTOM_GPU".to_string(), 1),
-        ]);
+        let config = EngineConfig {
+            default_quota: BTreeMap::from([
+                ("instances".to_string(), 2),
+                ("VCPU".to_string(), 3),
+                ("CUSTOM_GPU".to_string(), 1),
+            ]),
+            ..EngineConfig::default()
+        };
         let mut c = TestCloud::with_config(config);
         c.engine.create_resource_class("CUSTOM_GPU").unwrap();
         c.host(
@@ -750,7 +752,8 @@ mod tests {
     fn set_quota_validates_before_changing_anything() {
         let c = cloud(1);
         let e = &c.engine;
-        let bad: &[(&[(&str, Option<u64>)], &[&str], &str)] = &[
+        type Case<'a> = (&'a [(&'a str, Option<u64>)], &'a [&'a str], &'a str);
+        let bad: &[Case] = &[
             (
                 &[("CUSTOM_NOPE", Some(1))],
                 &[],
