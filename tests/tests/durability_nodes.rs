@@ -304,22 +304,6 @@ impl Domains {
 
 // ---- Helpers ----------------------------------------------------------------------------
 
-/// Polls `check` every 50 ms until it returns `Some`, or panics after `limit` with `what`.
-async fn wait_for<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(start.elapsed() < limit, "timed out after {limit:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// The provider named `name`, if it exists.
 async fn host(engine: &Engine, name: &str) -> Option<pb::ResourceProvider> {
     let list = engine
