@@ -45,6 +45,9 @@ enum Command {
         /// Log filter, e.g. "info" or "berth_engine=debug" [default: info].
         #[arg(long, env = "BERTH_LOG")]
         log: Option<String>,
+        /// Threads serving gRPC, each owning a share of the connections (0 = one per core).
+        #[arg(long, env = "BERTH_THREADS")]
+        threads: Option<usize>,
         /// Provider shards (power of two; 0 = 4 × cores).
         #[arg(long, env = "BERTH_SHARDS")]
         shards: Option<usize>,
@@ -92,6 +95,7 @@ fn main() -> ExitCode {
             listen,
             metrics_listen,
             log,
+            threads,
             shards,
             data_dir,
             ephemeral,
@@ -116,6 +120,9 @@ fn main() -> ExitCode {
             }
             if let Some(v) = log {
                 cfg.server.log = v;
+            }
+            if let Some(v) = threads {
+                cfg.server.threads = v;
             }
             if let Some(v) = shards {
                 cfg.engine.shards = v;
@@ -241,8 +248,9 @@ fn serve(cfg: BerthConfig, recover: bool) -> Result<(), String> {
     } else {
         Some(open_store(&engine, &cfg.store, recover)?)
     };
-    // Worker threads = cores: more runtimes or threads than cores only adds latency.
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    // The gRPC calls run on their own threads (`[server] threads`, api::serve); this one
+    // accepts connections and runs the timers, the signal handlers and the exporter.
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;

@@ -46,7 +46,8 @@ fn default_bin() -> Option<PathBuf> {
 }
 
 impl EngineProcess {
-    /// Starts `berth-engine serve` on a free port, secured as `security` says, and waits
+    /// Starts `berth-engine serve` on a free port with `threads` serving threads, secured as
+    /// `security` says, and waits
     /// until it accepts connections. Durable in `data_dir` when given, `--ephemeral`
     /// otherwise (the token key and admin token then go to a temporary directory).
     pub async fn spawn(
@@ -54,6 +55,7 @@ impl EngineProcess {
         pack: bool,
         security: Security,
         data_dir: Option<&Path>,
+        threads: usize,
     ) -> Result<Self, String> {
         let bin = bin.map(Path::to_path_buf).or_else(default_bin).ok_or(
             "cannot find berth-engine next to berth-load; build it (cargo build --release -p berth-engine) or pass --engine-bin / --engine",
@@ -84,7 +86,7 @@ impl EngineProcess {
             &config.0,
             format!(
                 "[server]\nlisten = \"127.0.0.1:{port}\"\nmetrics_listen = \"\"\nlog = \"warn\"\n\
-                 {secure}\
+                 threads = {threads}\n{secure}\
                  [engine.scheduler]\nmax_instances_per_host = 1000\n\
                  [engine.scheduler.multipliers]\nram = {mult:.1}\ncpu = {mult:.1}\ndisk = {mult:.1}\n",
             ),

@@ -36,6 +36,11 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 pub use report::Report;
 
+/// Serving threads of a spawned engine: the cores this harness's one thread leaves.
+pub fn default_engine_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
+}
+
 /// A connection to the engine that sends the run's bearer token with every call.
 pub type Conn = InterceptedService<Channel, Bearer>;
 
@@ -125,6 +130,11 @@ pub struct Args {
     /// new or empty.
     #[arg(long)]
     pub engine_data_dir: Option<std::path::PathBuf>,
+    /// gRPC serving threads of the spawned engine (its --threads) [default: cores − 1, at
+    /// least 1: this harness runs on one thread of its own, and threads beyond the cores
+    /// only take turns].
+    #[arg(long)]
+    pub engine_threads: Option<usize>,
     /// Concurrent clients.
     #[arg(long, default_value_t = 64)]
     pub clients: usize,
@@ -405,6 +415,7 @@ pub async fn run(args: Args) -> Result<Report, String> {
                 pack,
                 args.security,
                 args.engine_data_dir.as_deref(),
+                args.engine_threads.unwrap_or_else(default_engine_threads),
             )
             .await?;
             let u = p.url.clone();

@@ -7,8 +7,11 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let args = berth_load::Args::parse();
-    // Harness and engine share the machine: worker threads = cores (DESIGN.md).
-    let rt = match tokio::runtime::Builder::new_multi_thread()
+    // One thread: a single-threaded runtime spends about half the CPU per call of a
+    // multi-threaded one (no hand-offs between workers), and the cores left over serve the
+    // engine (a spawned engine gets --engine-threads = cores − 1; DESIGN.md: total threads
+    // = cores).
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

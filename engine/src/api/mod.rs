@@ -57,6 +57,9 @@ pub struct ServerConfig {
     /// CA of node certificates (PEM): when set, compute nodes must present a certificate
     /// it signed, and may register only under the certificate's name.
     pub tls_client_ca: String,
+    /// Threads serving gRPC, each a single-threaded runtime owning a share of the
+    /// connections (handed out in turn); 0 = one per core.
+    pub threads: usize,
 }
 
 impl Default for ServerConfig {
@@ -72,6 +75,7 @@ impl Default for ServerConfig {
             tls_cert: String::new(),
             tls_key: String::new(),
             tls_client_ca: String::new(),
+            threads: 0,
         }
     }
 }
@@ -91,6 +95,14 @@ pub struct BerthConfig {
 }
 
 impl ServerConfig {
+    /// [`ServerConfig::threads`] resolved: 0 becomes the number of cores.
+    pub fn serving_threads(&self) -> usize {
+        match self.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
     /// The security settings among these.
     pub fn security(&self) -> crate::auth::SecuritySettings<'_> {
         crate::auth::SecuritySettings {
@@ -163,6 +175,136 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     serve_restored(engine, config, compute, listener, shutdown, None).await
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Everything one serving thread needs to build its own router (all cheap clones of
+/// shared state: every thread serves the same engine).
+#[derive(Clone)]
+struct Services {
+    health: tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
+    placement: PlacementServer<placement::PlacementApi>,
+    scheduler: SchedulerServer<scheduler::SchedulerApi>,
+    catalog: CatalogServer<catalog::CatalogApi>,
+    servers: ServersServer<servers::ServersApi>,
+    nodes: NodesServer<nodes::NodesApi>,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    auth: crate::auth::AuthLayer,
+    request_id: layer::RequestIdLayer,
+}
+
+/// Sets the health status of every `berth.v1` service.
+async fn set_health(
+    reporter: &tonic_health::server::HealthReporter,
+    status: tonic_health::ServingStatus,
+) {
+    use tonic::server::NamedService;
+    for name in [
+        <PlacementServer<placement::PlacementApi> as NamedService>::NAME,
+        <SchedulerServer<scheduler::SchedulerApi> as NamedService>::NAME,
+        <CatalogServer<catalog::CatalogApi> as NamedService>::NAME,
+        <ServersServer<servers::ServersApi> as NamedService>::NAME,
+        <NodesServer<nodes::NodesApi> as NamedService>::NAME,
+    ] {
+        reporter.set_service_status(name, status).await;
+    }
+}
+
+/// Accepts connections and hands them to the serving threads in turn. Returns only if
+/// every serving thread has gone (their receivers dropped).
+async fn accept_loop(
+    listener: TcpListener,
+    senders: Vec<tokio::sync::mpsc::UnboundedSender<std::net::TcpStream>>,
+) {
+    let mut next = 0usize;
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // EMFILE and the like: say so and let connections close before retrying,
+                // rather than spinning.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        // Small request/response messages: without TCP_NODELAY, Nagle plus delayed ACKs
+        // add ~40 ms to a call; keepalive finds peers that vanished.
+        let _ = stream.set_nodelay(true);
+        let sock = socket2::SockRef::from(&stream);
+        let _ = sock
+            .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(Duration::from_secs(60)));
+        let mut stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("accepted connection unusable: {e}");
+                continue;
+            }
+        };
+        // Round robin; a thread that has stopped is skipped.
+        let mut tried = 0;
+        loop {
+            if tried == senders.len() {
+                return;
+            }
+            let i = next % senders.len();
+            next = next.wrapping_add(1);
+            tried += 1;
+            match senders[i].send(stream) {
+                Ok(()) => break,
+                Err(e) => stream = e.0,
+            }
+        }
+    }
+}
+
+/// One serving thread: a single-threaded runtime serving the connections it is handed
+/// until `stop` turns true, then finishing their in-flight calls. A call runs start to
+/// end on the thread that owns its connection: no hand-offs between threads, which on
+/// small calls cost more than the work (DESIGN.md: a multi-threaded runtime nearly
+/// doubles the per-call cost).
+fn serve_thread(
+    services: Services,
+    connections: tokio::sync::mpsc::UnboundedReceiver<std::net::TcpStream>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), BoxError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(berth_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection().build_v1()?;
+        let reflection_v1alpha = reflection().build_v1alpha()?;
+        let incoming = tokio_stream::StreamExt::map(
+            tokio_stream::wrappers::UnboundedReceiverStream::new(connections),
+            tokio::net::TcpStream::from_std,
+        );
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = services.tls {
+            builder = builder.tls_config(tls)?;
+        }
+        builder
+            .layer(services.request_id)
+            .layer(services.auth)
+            .add_service(services.health)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(services.placement)
+            .add_service(services.scheduler)
+            .add_service(services.catalog)
+            .add_service(services.servers)
+            .add_service(services.nodes)
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await?;
+        Ok(())
+    })
 }
 
 /// The snapshot source of a durable engine: the engine's objects, then the servers.
@@ -247,39 +389,16 @@ pub async fn serve_restored(
     let servers =
         ServersServer::new(servers::ServersApi::new(conductor)).max_decoding_message_size(max);
 
-    let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<PlacementServer<placement::PlacementApi>>()
-        .await;
-    health_reporter
-        .set_serving::<SchedulerServer<scheduler::SchedulerApi>>()
-        .await;
-    health_reporter
-        .set_serving::<CatalogServer<catalog::CatalogApi>>()
-        .await;
-    health_reporter
-        .set_serving::<ServersServer<servers::ServersApi>>()
-        .await;
-    health_reporter
-        .set_serving::<NodesServer<nodes::NodesApi>>()
-        .await;
-
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(berth_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let reflection_v1 = reflection().build_v1()?;
-    let reflection_v1alpha = reflection().build_v1alpha()?;
+    let health_reporter = tonic_health::server::HealthReporter::new();
+    let health = tonic_health::pb::health_server::HealthServer::new(
+        tonic_health::server::HealthService::from_health_reporter(health_reporter.clone()),
+    );
+    set_health(&health_reporter, tonic_health::ServingStatus::Serving).await;
 
     let addr = listener.local_addr()?;
     let security = crate::auth::Security::prepare(&config.security(), addr)?;
-    // Small request/response messages: without TCP_NODELAY, Nagle plus delayed ACKs add
-    // ~40 ms to a call. The builder's tcp_nodelay does not reach a custom incoming stream.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(Duration::from_secs(60)));
-    tracing::info!(%addr, providers = engine.provider_count(), shards = engine.shard_count(), tls = security.tls.is_some(), auth = security.authenticator.enforced(), "berth-engine serving gRPC");
+    let threads = config.serving_threads();
+    tracing::info!(%addr, providers = engine.provider_count(), shards = engine.shard_count(), threads, tls = security.tls.is_some(), auth = security.authenticator.enforced(), "berth-engine serving gRPC");
     match &security.admin_token {
         Some(p) if security.admin_token_written => {
             tracing::info!(
@@ -290,46 +409,77 @@ pub async fn serve_restored(
         Some(_) => {}
         None => tracing::warn!("--insecure: no authentication, every caller is an admin"),
     }
-    let reporter = health_reporter.clone();
-    let node_hub = hub.clone();
-    let shutdown = async move {
-        shutdown.await;
-        tracing::info!("shutting down: no new calls, finishing in-flight ones");
-        node_hub.close_all("the engine is shutting down");
-        reporter
-            .set_not_serving::<PlacementServer<placement::PlacementApi>>()
-            .await;
-        reporter
-            .set_not_serving::<SchedulerServer<scheduler::SchedulerApi>>()
-            .await;
-        reporter
-            .set_not_serving::<CatalogServer<catalog::CatalogApi>>()
-            .await;
-        reporter
-            .set_not_serving::<ServersServer<servers::ServersApi>>()
-            .await;
-        reporter
-            .set_not_serving::<NodesServer<nodes::NodesApi>>()
-            .await;
+    let services = Services {
+        health,
+        placement,
+        scheduler,
+        catalog,
+        servers,
+        nodes,
+        tls: security.tls,
+        auth: crate::auth::AuthLayer::new(security.authenticator),
+        request_id: layer::RequestIdLayer::new(store.clone()),
     };
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = security.tls {
-        builder = builder.tls_config(tls)?;
+    // Dropped (on return or if this future is dropped), it stops the serving threads.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (exited_tx, mut exited) =
+        tokio::sync::mpsc::unbounded_channel::<(usize, Result<(), BoxError>)>();
+    let mut senders = Vec::with_capacity(threads);
+    for i in 0..threads {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let services = services.clone();
+        let stop = stop_rx.clone();
+        let exited = exited_tx.clone();
+        std::thread::Builder::new()
+            .name(format!("berth-grpc-{i}"))
+            .spawn(move || {
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    serve_thread(services, rx, stop)
+                }))
+                .unwrap_or_else(|_| Err("panicked".into()));
+                let _ = exited.send((i, r));
+            })
+            .map_err(|e| format!("cannot start serving thread {i}: {e}"))?;
+        senders.push(tx);
     }
-    builder
-        .tcp_nodelay(true)
-        .layer(layer::RequestIdLayer::new(store.clone()))
-        .layer(crate::auth::AuthLayer::new(security.authenticator))
-        .add_service(health)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(placement)
-        .add_service(scheduler)
-        .add_service(catalog)
-        .add_service(servers)
-        .add_service(nodes)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await?;
+    drop((services, exited_tx));
+    // Boxed so that dropping it closes the listener and the connection senders.
+    let mut accept = Box::pin(accept_loop(listener, senders));
+    let mut first_error: Option<BoxError> = None;
+    let mut running = threads;
+    tokio::select! {
+        () = shutdown => {}
+        () = &mut accept => {}
+        // A serving thread that stops on its own (it could not start: TLS settings) stops
+        // the engine rather than leaving it serving with fewer threads.
+        Some((i, r)) = exited.recv() => {
+            running -= 1;
+            let e = r.err().unwrap_or_else(|| format!("serving thread {i} stopped").into());
+            tracing::error!("serving thread {i}: {e}");
+            first_error = Some(e);
+        }
+    }
+    tracing::info!("shutting down: no new calls, finishing in-flight ones");
+    hub.close_all("the engine is shutting down");
+    set_health(&health_reporter, tonic_health::ServingStatus::NotServing).await;
+    // Closes the listener and ends every thread's stream of connections: each thread stops
+    // accepting, finishes its calls in flight and returns.
+    drop(accept);
+    let _ = stop_tx.send(true);
+    while running > 0 {
+        let Some((i, r)) = exited.recv().await else {
+            break;
+        };
+        running -= 1;
+        if let Err(e) = r {
+            tracing::error!("serving thread {i}: {e}");
+            first_error.get_or_insert(e);
+        }
+    }
+    if let Some(e) = first_error {
+        liveness.abort();
+        return Err(e);
+    }
     liveness.abort();
     if let Some(store) = store {
         // A snapshot now makes the next start read one file instead of the log.
