@@ -75,7 +75,8 @@ Scenarios (N hosts: 500, 1k, 10k, ...; k = 1000; every run is seeded by --seed):
                + Release with mixed flavors for --duration [10s] or --count claims.
                Named: flat-1k, flat-10k.
   fill-N       N providers, packing. Clients place until no valid host; reports the
-               utilisation reached per class and the first rejection. Named: fill-1k.
+               utilisation reached per class, how full each host is in the class that
+               binds it (packing efficiency) and the first rejection. Named: fill-1k.
   groups-N     N providers. Places --count [10000] instances and keeps them: a quarter
                pinned to an AZ, a tenth in anti-affinity groups of 5, some in soft-anti-
                affinity and affinity groups; the audit checks every group. Named: groups-10k.
@@ -889,16 +890,39 @@ async fn audit(channel: &Conn, run_id: &str, scope: &Scope) -> Result<report::Au
     let providers = list_providers(channel, scope)
         .await
         .map_err(|e| format!("audit: {e}"))?;
+    let mut binding = report::Binding {
+        min: f64::INFINITY,
+        ..Default::default()
+    };
+    let mut placed = false;
     for p in &providers {
         audit.providers += 1;
+        let mut fullest: Option<(f64, &str)> = None;
         for u in &p.usages {
             if u.used > u.capacity {
                 audit.overcommits += 1;
+            }
+            placed |= u.used > 0;
+            if u.capacity > 0 {
+                let f = u.used as f64 / u.capacity as f64;
+                if fullest.is_none_or(|(g, _)| f > g) {
+                    fullest = Some((f, &u.resource_class));
+                }
             }
             let e = per_class.entry(u.resource_class.clone()).or_default();
             e.0 += u.used;
             e.1 += u.capacity;
         }
+        if let Some((f, class)) = fullest {
+            binding.mean += f;
+            binding.min = binding.min.min(f);
+            *binding.hosts_by_class.entry(class.to_string()).or_default() += 1;
+        }
+    }
+    let counted: u64 = binding.hosts_by_class.values().sum();
+    if placed && counted > 0 {
+        binding.mean /= counted as f64;
+        audit.binding = Some(binding);
     }
     let project = placement
         .get_project_usages(pb::GetProjectUsagesRequest {

@@ -5,6 +5,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+// As in berth-engine: glibc's malloc/free (with consolidation) took ~17% of the harness's
+// CPU per claim; the harness should cost the shared cores as little as it can.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args = berth_load::Args::parse();
     // One thread: a single-threaded runtime spends about half the CPU per call of a

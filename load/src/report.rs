@@ -64,12 +64,28 @@ pub struct Audit {
     pub live_instances: u64,
     /// used / capacity per class over this run's providers.
     pub utilisation: BTreeMap<String, f64>,
+    /// Per provider, its fullest class (the one that binds it): how full hosts are in the
+    /// resource that limits them. With hosts of different shapes a different class runs
+    /// out on each, so the per-class figures above stay lower; this is the packing
+    /// efficiency. Absent when nothing is placed.
+    pub binding: Option<Binding>,
     /// Groups whose hard policy is broken (groups scenario only). Must be 0.
     pub group_violations: Option<u64>,
     /// (provider, class) pairs whose reported usage differs from the sum of the allocations
     /// of every live server (lifecycle scenario only: its servers are the consumers it can
     /// enumerate). Must be 0.
     pub allocation_mismatches: Option<u64>,
+}
+
+/// How full each provider is in its fullest class (see [`Audit::binding`]).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Binding {
+    /// Mean over providers of max over classes of used / capacity.
+    pub mean: f64,
+    /// The least full provider's figure.
+    pub min: f64,
+    /// Providers per binding class.
+    pub hosts_by_class: BTreeMap<String, u64>,
 }
 
 /// The simulated compute nodes of a run (`--nodes`, lifecycle, churn, heartbeat).
@@ -366,6 +382,19 @@ impl Report {
             .map(|(c, u)| format!("{c} {:.1}%", u * 100.0))
             .collect();
         println!("  utilisation {}", util.join(", "));
+        if let Some(b) = &a.binding {
+            let by: Vec<String> = b
+                .hosts_by_class
+                .iter()
+                .map(|(c, n)| format!("{c} on {n}"))
+                .collect();
+            println!(
+                "  binding     hosts are {:.1}% full in the class that binds them (mean; least full {:.1}%): {}",
+                b.mean * 100.0,
+                b.min * 100.0,
+                by.join(", ")
+            );
+        }
         let allocations = a
             .allocation_mismatches
             .map(|m| format!(", {m} allocation mismatches"))
