@@ -107,6 +107,10 @@ pub struct Shard {
     /// amounts are at most `MAX_AMOUNT` (`i32::MAX`); half the bytes, and SSE2 compares
     /// four `i32`s at once but no `i64`s.
     pub free32: [Vec<i32>; NSTD],
+    /// `free` as `f64`: the free-capacity weighers' column, copied or gathered as it is
+    /// (x86 has no packed `i64` → `f64` conversion before AVX-512, so converting per host
+    /// per request went one scalar instruction at a time).
+    pub freef: [Vec<f64>; NSTD],
     /// Per block of 64 slots (one survivor-bitmap word), the smallest `free32` of any slot
     /// in it, live or not: when it is at least the amount asked, the whole block has room
     /// and the capacity filter skips it. Kept exact on every write of `free32`.
@@ -239,6 +243,7 @@ impl Shard {
         for c in 0..NSTD {
             self.free[c].push(0);
             self.free32[c].push(0);
+            self.freef[c].push(0.0);
             if self.free_floor[c].len() < n.div_ceil(64) {
                 self.free_floor[c].push(0);
             }
@@ -323,10 +328,11 @@ impl Shard {
         }
     }
 
-    /// Sets `free` and its `i32` shadow.
+    /// Sets `free` and its `i32` and `f64` shadows.
     #[inline]
     fn set_free(&mut self, c: usize, i: usize, free: i64) {
         self.free[c][i] = free;
+        self.freef[c][i] = free as f64;
         self.free32[c][i] = free.clamp(i32::MIN as i64, i32::MAX as i64) as i32;
         self.refresh_floor(c, i);
     }

@@ -50,26 +50,25 @@ impl Weigher for FreeWeigher {
         self.multiplier
     }
     fn weigh(&self, _: &RequestContext, s: &Shard, _: u32, slots: &[u32], out: &mut [f64]) {
-        let free = &s.free[self.class];
+        let free = &s.freef[self.class];
         // Every slot survived (the usual case on a lightly used cloud): the survivors are
         // exactly 0..n (sorted, distinct, below n), so the gather is a straight copy.
         if let Some(col) = free.get(..slots.len())
             && slots.last().is_some_and(|&l| l as usize + 1 == slots.len())
         {
-            for (o, &v) in out.iter_mut().zip(col) {
-                *o = v as f64;
-            }
+            let n = out.len().min(col.len());
+            out[..n].copy_from_slice(&col[..n]);
             return;
         }
         // Four gathers per iteration: the loop overhead is most of a one-load body.
         let (mut o4, mut s4) = (out.chunks_exact_mut(4), slots.chunks_exact(4));
         for (o, i) in (&mut o4).zip(&mut s4) {
             for l in 0..4 {
-                o[l] = free[i[l] as usize] as f64;
+                o[l] = free[i[l] as usize];
             }
         }
         for (o, &i) in o4.into_remainder().iter_mut().zip(s4.remainder()) {
-            *o = free[i as usize] as f64;
+            *o = free[i as usize];
         }
     }
 }
