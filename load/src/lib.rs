@@ -518,6 +518,10 @@ pub async fn run(args: Args) -> Result<Report, String> {
     report.expected_errors = scenario.expected_errors();
     let audited = async {
         report.audit = audit(&channels[0], &run_id, &scope).await?;
+        if !matches!(scenario, Scenario::Fill(_)) {
+            // Packing efficiency means something only once the cloud is full.
+            report.audit.binding = None;
+        }
         match scenario {
             Scenario::Groups(_) => {
                 report.audit.group_violations = Some(groups::audit(&channels[0], &run_id).await?);

@@ -67,7 +67,7 @@ pub struct Audit {
     /// Per provider, its fullest class (the one that binds it): how full hosts are in the
     /// resource that limits them. With hosts of different shapes a different class runs
     /// out on each, so the per-class figures above stay lower; this is the packing
-    /// efficiency. Absent when nothing is placed.
+    /// efficiency. Fill scenarios only (absent if nothing was placed).
     pub binding: Option<Binding>,
     /// Groups whose hard policy is broken (groups scenario only). Must be 0.
     pub group_violations: Option<u64>,

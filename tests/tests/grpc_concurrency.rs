@@ -3,7 +3,8 @@
 //! `max_server_per_host`, some asking for two instances at once, some releasing what they
 //! got), and afterwards the books must balance: no provider over capacity, the usage of
 //! every provider equal to what the successful claims still hold, every consumer's
-//! allocations as claimed, and the group's policy intact.
+//! allocations as claimed, and the group's policy intact. The server runs four serving
+//! threads, so the connections are spread over threads that claim at the same time.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -109,7 +110,14 @@ async fn client(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_claims_never_overcommit() {
-    let server = TestServer::start().await;
+    let server = TestServer::start_with(
+        berth_engine::EngineConfig::default(),
+        berth_engine::api::ServerConfig {
+            threads: 4,
+            ..Default::default()
+        },
+    )
+    .await;
     let mut p: PlacementClient<_> = server.placement.clone();
     let mut c = server.catalog.clone();
     let mut hosts = Vec::new();
