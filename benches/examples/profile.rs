@@ -8,7 +8,8 @@
 //!
 //! Arguments: hosts (10000), requests (200), `place` (select + claim + release) or
 //! `explain` (dry run). The cloud and the requests are the benchmark's (seeds 42 and 7).
-//! `BERTH_PARALLEL_THRESHOLD` overrides `scheduler.parallel_threshold`.
+//! `BERTH_PARALLEL_THRESHOLD` overrides `scheduler.parallel_threshold`, `BERTH_SHARDS` the
+//! shard count (0 = one per core).
 
 use berth_benches::{Cloud, CloudSpec};
 use berth_engine::model::RequestSpec;
@@ -42,6 +43,12 @@ fn main() {
         .and_then(|s| s.parse().ok())
     {
         spec.config.scheduler.parallel_threshold = t;
+    }
+    if let Some(n) = std::env::var("BERTH_SHARDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        spec.config.shards = n;
     }
     let cloud = match spec.build() {
         Ok(c) => c,

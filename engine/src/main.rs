@@ -48,7 +48,7 @@ enum Command {
         /// Threads serving gRPC, each owning a share of the connections (0 = one per core).
         #[arg(long, env = "BERTH_THREADS")]
         threads: Option<usize>,
-        /// Provider shards (power of two; 0 = 4 × cores).
+        /// Provider shards (power of two; 0 = one per core).
         #[arg(long, env = "BERTH_SHARDS")]
         shards: Option<usize>,
         /// Data directory: every acknowledged change is kept here and survives a crash;
