@@ -485,6 +485,7 @@ pub async fn run(args: Args) -> Result<Report, String> {
     };
     let setup = setup_start.elapsed();
     let cpu_before = spawned.as_ref().map(|p| p.cpu_seconds()).unwrap_or(0.0);
+    let harness_before = engine_proc::cpu_seconds("self");
     let result = match scenario {
         Scenario::Flat(_) => run_flat(&channels, &args, &run_id, &scope).await,
         Scenario::Fill(_) => run_fill(&channels, &args, &run_id, &scope).await,
@@ -503,6 +504,7 @@ pub async fn run(args: Args) -> Result<Report, String> {
         }
     };
     let cpu_after = spawned.as_ref().map(|p| p.cpu_seconds());
+    let harness_cpu = engine_proc::cpu_seconds("self") - harness_before;
     report.scenario = args.scenario.clone();
     report.hosts = if scenario.simulated() {
         sim_nodes
@@ -542,6 +544,9 @@ pub async fn run(args: Args) -> Result<Report, String> {
     }
     if let (Some(after), None) = (cpu_after, &report.heartbeat) {
         report.engine_cpu_seconds = Some(after - cpu_before);
+    }
+    if report.heartbeat.is_none() {
+        report.harness_cpu_seconds = Some(harness_cpu);
     }
     report.engine_peak_rss_mb = spawned.as_ref().and_then(|p| p.peak_rss_mb());
     report.print(args.json);

@@ -221,6 +221,9 @@ pub struct Report {
     pub audit: Audit,
     /// CPU seconds the spawned engine used during the measured phase.
     pub engine_cpu_seconds: Option<f64>,
+    /// CPU seconds this harness (clients, and simulated nodes if any) used during the
+    /// measured phase: with the engine's, what a claim costs the shared cores.
+    pub harness_cpu_seconds: Option<f64>,
     /// Peak resident memory of the spawned engine, MiB.
     pub engine_peak_rss_mb: Option<f64>,
     /// Status codes (as in `errors` keys) that this scenario expects and that do not fail
@@ -445,11 +448,26 @@ impl Report {
             if let Some(p) = h.harness_core_percent {
                 println!("  harness     {p:.2}% of one core (the agents' side)");
             }
-        } else if let Some(cpu) = self.engine_cpu_seconds {
-            println!(
-                "  engine      {cpu:.2} CPU-s ({:.0}% of one core)",
-                100.0 * cpu / self.seconds.max(1e-9)
-            );
+        } else {
+            let per_claim = |cpu: f64| {
+                if self.claims > 0 {
+                    format!(", {:.0} µs per claim", cpu * 1e6 / self.claims as f64)
+                } else {
+                    String::new()
+                }
+            };
+            for (who, cpu) in [
+                ("engine ", self.engine_cpu_seconds),
+                ("harness", self.harness_cpu_seconds),
+            ] {
+                if let Some(cpu) = cpu {
+                    println!(
+                        "  {who}     {cpu:.2} CPU-s ({:.0}% of one core{})",
+                        100.0 * cpu / self.seconds.max(1e-9),
+                        per_claim(cpu)
+                    );
+                }
+            }
         }
         if let Some(rss) = self.engine_peak_rss_mb {
             println!("  engine      peak RSS {rss:.1} MiB");
