@@ -473,7 +473,7 @@ impl Shard {
             + 8
             + 2
             + 1
-            + NSTD * (8 + 4 + 8 + 4 + 4 + 4 + size_of::<Option<Inventory>>())
+            + NSTD * (8 + 4 + 8 + 8 + 4 + 4 + 4 + size_of::<Option<Inventory>>())
             + NSTD * 4 / 64
             + size_of::<Vec<CustomInventory>>()
             + 4 * 3
