@@ -701,21 +701,14 @@ impl Store {
         if self.wal.durable_lsn() >= lsn {
             return Ok(());
         }
-        let mut rx = self.wal.subscribe();
-        let d = rx
-            .wait_for(|d| d.lsn >= lsn || d.failed.is_some())
-            .await
-            .map_err(|_| Unavailable("the log writer stopped".into()))?;
-        if d.lsn >= lsn {
-            Ok(())
-        } else {
-            Err(Unavailable(
-                d.failed
-                    .as_deref()
-                    .unwrap_or("the change could not be written")
-                    .to_string(),
-            ))
-        }
+        let outcome = match self.wal.wait(lsn) {
+            Ok(None) => Ok(()),
+            Ok(Some(rx)) => rx
+                .await
+                .unwrap_or_else(|_| Err(Arc::from("the log writer stopped"))),
+            Err(why) => Err(why),
+        };
+        outcome.map_err(|why| Unavailable(why.to_string()))
     }
 
     /// Sets what snapshots dump, and starts the thread that takes one whenever the log has

@@ -1,12 +1,15 @@
 //! The write-ahead log's writer: appends are framed into a shared buffer (microseconds,
 //! under a mutex); one thread writes and `fdatasync`s whatever has gathered — a group
-//! commit — and publishes the highest durable LSN for the callers waiting on it.
+//! commit — and publishes the highest durable LSN, waking exactly the callers it made
+//! durable (waiters are kept by LSN; waking every waiter on every commit made each call
+//! be polled again for every small commit while it waited).
 //!
 //! A failed write or sync does not lose the records: the segment is cut back to its last
 //! durable length, the bytes are kept, and the writer retries them every
 //! [`RETRY_EVERY`] until the disk takes them. Meanwhile the store reports itself
 //! unwritable, and the engine refuses new changes with UNAVAILABLE.
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -15,21 +18,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
-use tokio::sync::watch;
+use tokio::sync::oneshot;
 
 use super::frame;
 
 /// How often a failed write is retried.
 pub const RETRY_EVERY: Duration = Duration::from_secs(1);
 
-/// Durability as published to waiters.
-#[derive(Debug, Clone, Default)]
-pub struct Durable {
-    /// Every record up to this LSN is on disk.
-    pub lsn: u64,
-    /// Why writes are failing, while they are.
-    pub failed: Option<Arc<str>>,
-}
+/// What a waiter is told: its record is durable, or why it cannot be said to be.
+pub type Outcome = Result<(), Arc<str>>;
 
 /// Appended, not yet written.
 #[derive(Default)]
@@ -62,7 +59,9 @@ pub struct Wal {
     rotated: Condvar,
     appended: AtomicU64,
     durable_lsn: AtomicU64,
-    durable: watch::Sender<Durable>,
+    /// Callers waiting for an LSN to be durable, by LSN. Lock order: `waiters`, then
+    /// `failed`.
+    waiters: Mutex<BTreeMap<u64, Vec<oneshot::Sender<Outcome>>>>,
     failed: Mutex<Option<Arc<str>>>,
     /// Bytes written to segments since the last rotation (drives snapshots).
     since_rotation: AtomicU64,
@@ -122,10 +121,6 @@ impl Wal {
             }
             None => create_segment(dir, next_lsn)?,
         };
-        let (durable, _) = watch::channel(Durable {
-            lsn: next_lsn - 1,
-            failed: None,
-        });
         let wal = Arc::new(Wal {
             dir: dir.to_path_buf(),
             pending: Mutex::new(Pending {
@@ -136,14 +131,18 @@ impl Wal {
             rotated: Condvar::new(),
             appended: AtomicU64::new(next_lsn - 1),
             durable_lsn: AtomicU64::new(next_lsn - 1),
-            durable,
+            waiters: Mutex::new(BTreeMap::new()),
             failed: Mutex::new(None),
             since_rotation: AtomicU64::new(0),
         });
         let w = wal.clone();
         std::thread::Builder::new()
             .name("berth-wal".into())
-            .spawn(move || w.run(segment))?;
+            .spawn(move || {
+                w.clone().run(segment);
+                // Nothing will be written any more: nobody may wait for it.
+                w.wake_all(&Arc::from("the log writer stopped"));
+            })?;
         Ok(wal)
     }
 
@@ -179,9 +178,29 @@ impl Wal {
         self.since_rotation.load(Ordering::Relaxed)
     }
 
-    /// A receiver of durability updates.
-    pub fn subscribe(&self) -> watch::Receiver<Durable> {
-        self.durable.subscribe()
+    /// Waits until `lsn` is durable: `Ok(None)` if it already is, a receiver of the outcome
+    /// otherwise; `Err` while writes fail (the caller's change may not be on disk).
+    pub fn wait(&self, lsn: u64) -> Result<Option<oneshot::Receiver<Outcome>>, Arc<str>> {
+        let mut waiters = self.waiters.lock();
+        // Checked under `waiters`: `publish` stores the LSN before it takes the lock, so a
+        // waiter it has not woken sees the new LSN here.
+        if self.durable_lsn() >= lsn {
+            return Ok(None);
+        }
+        if let Some(why) = self.failed.lock().clone() {
+            return Err(why);
+        }
+        let (tx, rx) = oneshot::channel();
+        waiters.entry(lsn).or_default().push(tx);
+        Ok(Some(rx))
+    }
+
+    /// Tells every waiter `why` its record cannot be said to be durable.
+    fn wake_all(&self, why: &Arc<str>) {
+        let all = std::mem::take(&mut *self.waiters.lock());
+        for tx in all.into_values().flatten() {
+            let _ = tx.send(Err(why.clone()));
+        }
     }
 
     /// Closes the current segment after the last record appended so far and opens a new
@@ -213,14 +232,22 @@ impl Wal {
     fn set_failed(&self, why: Option<String>) {
         let why: Option<Arc<str>> = why.map(Arc::from);
         *self.failed.lock() = why.clone();
-        self.durable.send_modify(|d| d.failed = why);
+        if let Some(why) = why {
+            self.wake_all(&why);
+        }
     }
 
+    /// Every record up to `lsn` is on disk: wakes exactly their waiters.
     fn publish(&self, lsn: u64) {
         self.durable_lsn.store(lsn, Ordering::Release);
-        self.durable.send_modify(|d| {
-            d.lsn = lsn;
-        });
+        let ready = {
+            let mut waiters = self.waiters.lock();
+            let later = waiters.split_off(&lsn.saturating_add(1));
+            std::mem::replace(&mut *waiters, later)
+        };
+        for tx in ready.into_values().flatten() {
+            let _ = tx.send(Ok(()));
+        }
     }
 
     fn write_durably(&self, seg: &mut Segment, bytes: &[u8]) -> std::io::Result<()> {
@@ -332,5 +359,58 @@ impl Wal {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime")
+            .block_on(f)
+    }
+
+    /// Waits for `lsn` through [`Wal::wait`].
+    fn durable(wal: &Wal, lsn: u64) -> Outcome {
+        match wal.wait(lsn)? {
+            None => Ok(()),
+            Some(rx) => block_on(rx).unwrap_or_else(|_| Err(Arc::from("dropped"))),
+        }
+    }
+
+    #[test]
+    fn a_commit_wakes_only_the_waiters_it_made_durable() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let wal = Wal::start(dir.path(), 1, None).expect("a log");
+        let first = wal.append(b"one");
+        // Not appended yet: nothing can make it durable but a later append.
+        let mut later = wal
+            .wait(first + 1)
+            .expect("writable")
+            .expect("not durable yet");
+        assert_eq!(durable(&wal, first), Ok(()));
+        assert!(wal.durable_lsn() >= first);
+        assert!(
+            matches!(later.try_recv(), Err(oneshot::error::TryRecvError::Empty)),
+            "woken by a commit that did not include its record"
+        );
+        let second = wal.append(b"two");
+        assert_eq!(second, first + 1);
+        assert_eq!(block_on(later).expect("an answer"), Ok(()));
+        assert!(
+            wal.wait(second).expect("writable").is_none(),
+            "already durable"
+        );
+        // Records the log will never write fail their waiters instead of hanging them.
+        let never = wal.wait(second + 5).expect("writable").expect("pending");
+        wal.stop();
+        let why = block_on(never)
+            .expect("an answer")
+            .expect_err("never written");
+        assert!(why.contains("stopped"), "{why}");
     }
 }
