@@ -262,8 +262,8 @@ async fn accept_loop(
 /// One serving thread: a single-threaded runtime serving the connections it is handed
 /// until `stop` turns true, then finishing their in-flight calls. A call runs start to
 /// end on the thread that owns its connection: no hand-offs between threads, which on
-/// small calls cost more than the work (DESIGN.md: a multi-threaded runtime nearly
-/// doubles the per-call cost).
+/// small calls cost about as much as the call (measured on a multi-threaded runtime: 37
+/// against 17 µs of CPU per Health/Check; README "Performance").
 fn serve_thread(
     services: Services,
     connections: tokio::sync::mpsc::UnboundedReceiver<std::net::TcpStream>,
