@@ -217,6 +217,74 @@ impl TestServer {
         with_token(self.channel.clone(), token)
     }
 
+    /// A compute node in this process: registers `name` (zone `az1`, `vcpus` / `ram_mb` /
+    /// `disk_gb`) over `Nodes/Connect` with a node token and carries out every action it is
+    /// sent at once, reporting the power state the action leaves (so servers go ACTIVE,
+    /// SHUTOFF, PAUSED, … on it). Its heartbeats are 10 minutes apart: it never goes down
+    /// during a test.
+    pub async fn fake_node(
+        &self,
+        name: &str,
+        (vcpus, ram_mb, disk_gb): (u64, u64, u64),
+    ) -> pb::Registered {
+        use berth_proto::v1::nodes_client::NodesClient;
+        let (tx, rx) = tokio::sync::mpsc::channel::<pb::NodeMessage>(256);
+        let register = pb::Register {
+            name: name.into(),
+            availability_zone: "az1".into(),
+            inventories: host_inventories(vcpus, ram_mb, disk_gb),
+            live_migration: true,
+            heartbeat_interval_ms: 600_000,
+            agent_version: "berth-tests fake node".into(),
+            ..Default::default()
+        };
+        tx.send(pb::NodeMessage {
+            body: Some(pb::node_message::Body::Register(register)),
+        })
+        .await
+        .expect("queue Register");
+        let mut inbound = NodesClient::new(self.as_token(&self.node_token(name)))
+            .connect(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .expect("the node connects")
+            .into_inner();
+        let registered = match inbound.message().await {
+            Ok(Some(pb::EngineMessage {
+                body: Some(pb::engine_message::Body::Registered(r)),
+            })) => r,
+            other => panic!("expected Registered, got {other:?}"),
+        };
+        tokio::spawn(async move {
+            use pb::ActionKind as K;
+            while let Ok(Some(msg)) = inbound.message().await {
+                let Some(pb::engine_message::Body::Action(a)) = msg.body else {
+                    continue;
+                };
+                let power = match K::try_from(a.kind) {
+                    Ok(K::Stop) => "SHUTOFF",
+                    Ok(K::Pause) => "PAUSED",
+                    Ok(K::Suspend) => "SUSPENDED",
+                    Ok(K::Delete) => "",
+                    _ => "RUNNING",
+                };
+                let result = pb::ActionResult {
+                    action_id: a.action_id,
+                    ok: true,
+                    power_state: power.into(),
+                    snapshot_id: "snap-1".into(),
+                    ..Default::default()
+                };
+                let reply = pb::NodeMessage {
+                    body: Some(pb::node_message::Body::ActionResult(result)),
+                };
+                if tx.send(reply).await.is_err() {
+                    break;
+                }
+            }
+        });
+        registered
+    }
+
     /// Sends the shutdown signal without waiting for the server to stop (see
     /// [`TestServer::shutdown`] for that).
     pub fn signal_shutdown(&mut self) {

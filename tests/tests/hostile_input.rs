@@ -12,11 +12,8 @@
 
 use std::collections::HashMap;
 
-use berth_proto::v1::nodes_client::NodesClient;
 use berth_tests::v1 as pb;
 use berth_tests::*;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status};
 
 macro_rules! rpcs {
@@ -114,67 +111,6 @@ struct Fingerprint {
     metadata: HashMap<String, String>,
 }
 
-/// A compute node in this process: registers over `Nodes/Connect` and does every action it
-/// is sent at once, so servers can be ACTIVE on it.
-async fn fake_node(server: &TestServer, name: &str) -> pb::Registered {
-    let (tx, rx) = mpsc::channel::<pb::NodeMessage>(64);
-    let register = pb::Register {
-        name: name.into(),
-        availability_zone: "az1".into(),
-        inventories: host_inventories(16, 32768, 400),
-        live_migration: true,
-        // Long enough that the node never goes down during the test.
-        heartbeat_interval_ms: 600_000,
-        agent_version: "hostile-input-test".into(),
-        ..Default::default()
-    };
-    tx.send(pb::NodeMessage {
-        body: Some(pb::node_message::Body::Register(register)),
-    })
-    .await
-    .expect("queue Register");
-    let mut inbound = NodesClient::new(server.as_token(&server.node_token(name)))
-        .connect(ReceiverStream::new(rx))
-        .await
-        .expect("the node connects")
-        .into_inner();
-    let registered = match inbound.message().await {
-        Ok(Some(pb::EngineMessage {
-            body: Some(pb::engine_message::Body::Registered(r)),
-        })) => r,
-        other => panic!("expected Registered, got {other:?}"),
-    };
-    tokio::spawn(async move {
-        use pb::ActionKind as K;
-        while let Ok(Some(msg)) = inbound.message().await {
-            let Some(pb::engine_message::Body::Action(a)) = msg.body else {
-                continue;
-            };
-            let power = match K::try_from(a.kind) {
-                Ok(K::Stop) => "SHUTOFF",
-                Ok(K::Pause) => "PAUSED",
-                Ok(K::Suspend) => "SUSPENDED",
-                Ok(K::Delete) => "",
-                _ => "RUNNING",
-            };
-            let result = pb::ActionResult {
-                action_id: a.action_id,
-                ok: true,
-                power_state: power.into(),
-                snapshot_id: "snap-1".into(),
-                ..Default::default()
-            };
-            let reply = pb::NodeMessage {
-                body: Some(pb::node_message::Body::ActionResult(result)),
-            };
-            if tx.send(reply).await.is_err() {
-                break;
-            }
-        }
-    });
-    registered
-}
-
 /// A small cloud: a node `n1` with an ACTIVE server, a plain host `h1` with a consumer's
 /// allocations, an aggregate with metadata, a flavor, an image and an anti-affinity group.
 struct World {
@@ -257,7 +193,7 @@ impl World {
             .into_inner()
             .server_group
             .expect("the group");
-        let n1 = fake_node(&server, "n1").await.provider_uuid;
+        let n1 = server.fake_node("n1", (16, 32768, 400)).await.provider_uuid;
         let created = server
             .servers
             .clone()

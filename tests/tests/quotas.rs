@@ -9,14 +9,11 @@ use std::time::Duration;
 use berth_engine::EngineConfig;
 use berth_engine::api::ServerConfig;
 use berth_engine::auth::Role;
-use berth_proto::v1::nodes_client::NodesClient;
 use berth_proto::v1::placement_client::PlacementClient;
 use berth_proto::v1::scheduler_client::SchedulerClient;
 use berth_proto::v1::servers_client::ServersClient;
 use berth_tests::v1 as pb;
 use berth_tests::*;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -110,55 +107,6 @@ async fn sixty_four_concurrent_claims_never_exceed_the_quota() {
     server.shutdown().await;
 }
 
-/// A compute node in this process that does every action it is sent at once (as in
-/// hostile_input.rs).
-async fn fake_node(server: &TestServer, name: &str) {
-    let (tx, rx) = mpsc::channel::<pb::NodeMessage>(256);
-    let register = pb::Register {
-        name: name.into(),
-        availability_zone: "az1".into(),
-        inventories: host_inventories(64, 65536, 1000),
-        heartbeat_interval_ms: 600_000,
-        agent_version: "quota-test".into(),
-        ..Default::default()
-    };
-    tx.send(pb::NodeMessage {
-        body: Some(pb::node_message::Body::Register(register)),
-    })
-    .await
-    .expect("queue Register");
-    let mut inbound = NodesClient::new(server.as_token(&server.node_token(name)))
-        .connect(ReceiverStream::new(rx))
-        .await
-        .expect("the node connects")
-        .into_inner();
-    match inbound.message().await {
-        Ok(Some(pb::EngineMessage {
-            body: Some(pb::engine_message::Body::Registered(_)),
-        })) => {}
-        other => panic!("expected Registered, got {other:?}"),
-    }
-    tokio::spawn(async move {
-        while let Ok(Some(msg)) = inbound.message().await {
-            let Some(pb::engine_message::Body::Action(a)) = msg.body else {
-                continue;
-            };
-            let result = pb::ActionResult {
-                action_id: a.action_id,
-                ok: true,
-                power_state: "RUNNING".into(),
-                ..Default::default()
-            };
-            let reply = pb::NodeMessage {
-                body: Some(pb::node_message::Body::ActionResult(result)),
-            };
-            if tx.send(reply).await.is_err() {
-                break;
-            }
-        }
-    });
-}
-
 /// 64 concurrent CreateServer calls by a member against an instances limit of 12: 12
 /// servers become ACTIVE, the others are refused before anything is built.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -167,8 +115,8 @@ async fn sixty_four_concurrent_creates_never_exceed_the_quota() {
     // Every build is in flight at once: the IoOps filter must not be what limits them.
     engine.scheduler.max_io_ops_per_host = 100;
     let server = TestServer::start_with(engine, ServerConfig::default()).await;
-    fake_node(&server, "qn1").await;
-    fake_node(&server, "qn2").await;
+    server.fake_node("qn1", (64, 65536, 1000)).await;
+    server.fake_node("qn2", (64, 65536, 1000)).await;
     let mut c = server.catalog.clone();
     c.create_flavor(pb::CreateFlavorRequest {
         name: "q.small".into(),
