@@ -29,13 +29,6 @@ use berth_proto::v1::placement_client::PlacementClient;
 use berth_proto::v1::scheduler_client::SchedulerClient;
 use tonic::transport::Channel;
 
-const FLAVORS: &[(&str, u32, u64, u64)] = &[
-    ("load.small", 1, 2048, 20),
-    ("load.medium", 2, 4096, 40),
-    ("load.large", 4, 8192, 80),
-    ("load.xlarge", 8, 16384, 160),
-];
-
 fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
     args.iter()
         .position(|a| a == name)
@@ -90,7 +83,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let aggregate = format!("load-{run_id}");
     if !health {
         let mut catalog = CatalogClient::new(channels[0].clone());
-        for (name, vcpus, ram, disk) in FLAVORS {
+        for (name, vcpus, ram, disk) in berth_load::FLAVORS {
             let r = catalog
                 .create_flavor(pb::CreateFlavorRequest {
                     name: name.to_string(),
@@ -108,30 +101,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         let mut placement = PlacementClient::new(channels[0].clone());
         for i in 0..hosts {
-            let mut rng =
-                fastrand::Rng::with_seed(42 ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            let vcpus = [16u64, 32, 48, 64][rng.usize(..4)];
-            let ram_gb = [64u64, 128, 192, 256][rng.usize(..4)];
-            let disk_gb = [1000u64, 2000, 4000][rng.usize(..3)];
-            let inv = |c: &str, total: u64, ratio: f64, reserved: u64| pb::Inventory {
-                resource_class: c.into(),
-                total,
-                reserved,
-                allocation_ratio: ratio,
-                ..Default::default()
-            };
+            // Seed 42: berth-load's default, so this is flat-1k's cloud.
             placement
-                .create_resource_provider(pb::CreateResourceProviderRequest {
-                    name: format!("load-{run_id}-{i:06}"),
-                    availability_zone: format!("az{}", i % 4),
-                    aggregates: vec![aggregate.clone()],
-                    inventories: vec![
-                        inv("VCPU", vcpus, 4.0, 0),
-                        inv("MEMORY_MB", ram_gb * 1024, 1.0, 512),
-                        inv("DISK_GB", disk_gb, 1.0, 0),
-                    ],
-                    ..Default::default()
-                })
+                .create_resource_provider(berth_load::provider_request(42, i, &run_id))
                 .await?;
         }
     }
@@ -164,7 +136,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             let mut sched = SchedulerClient::new(ch);
             while next.fetch_add(1, Ordering::Relaxed) < pairs {
-                let flavor = FLAVORS[rng.usize(..FLAVORS.len())].0;
+                let flavor = berth_load::FLAVORS[rng.usize(..berth_load::FLAVORS.len())].0;
                 let spec = pb::RequestSpec {
                     flavor: Some(flavor.to_string()),
                     project_id: aggregate.clone(),

@@ -369,6 +369,31 @@ pub(crate) fn host_shape(seed: u64, i: usize) -> (u64, u64, u64) {
     (vcpus, ram_gb, disk_gb)
 }
 
+/// Provider `i` of the seeded API-created cloud of run `run_id`: named
+/// `load-<run>-<i>`, in zone `az<i % 4>` and aggregate `load-<run>`, shaped by
+/// [`host_shape`] (VCPU at ratio 4, 512 MiB of RAM reserved).
+pub fn provider_request(seed: u64, i: usize, run_id: &str) -> pb::CreateResourceProviderRequest {
+    let (vcpus, ram_gb, disk_gb) = host_shape(seed, i);
+    let inv = |c: &str, total: u64, ratio: f64, reserved: u64| pb::Inventory {
+        resource_class: c.into(),
+        total,
+        reserved,
+        allocation_ratio: ratio,
+        ..Default::default()
+    };
+    pb::CreateResourceProviderRequest {
+        name: format!("load-{run_id}-{i:06}"),
+        availability_zone: format!("az{}", i % 4),
+        aggregates: vec![format!("load-{run_id}")],
+        inventories: vec![
+            inv("VCPU", vcpus, 4.0, 0),
+            inv("MEMORY_MB", ram_gb * 1024, 1.0, 512),
+            inv("DISK_GB", disk_gb, 1.0, 0),
+        ],
+        ..Default::default()
+    }
+}
+
 /// The flavors every run creates: (name, vcpus, ram_mb, disk_gb).
 pub const FLAVORS: &[(&str, u32, u64, u64)] = &[
     ("load.small", 1, 2048, 20),
@@ -631,25 +656,7 @@ async fn create_providers(
                 if i >= hosts {
                     return Ok::<(), String>(());
                 }
-                let (vcpus, ram_gb, disk_gb) = host_shape(seed, i);
-                let inv = |c: &str, total: u64, ratio: f64, reserved: u64| pb::Inventory {
-                    resource_class: c.into(),
-                    total,
-                    reserved,
-                    allocation_ratio: ratio,
-                    ..Default::default()
-                };
-                let req = pb::CreateResourceProviderRequest {
-                    name: format!("load-{run_id}-{i:06}"),
-                    availability_zone: format!("az{}", i % 4),
-                    aggregates: vec![format!("load-{run_id}")],
-                    inventories: vec![
-                        inv("VCPU", vcpus, 4.0, 0),
-                        inv("MEMORY_MB", ram_gb * 1024, 1.0, 512),
-                        inv("DISK_GB", disk_gb, 1.0, 0),
-                    ],
-                    ..Default::default()
-                };
+                let req = provider_request(seed, i, &run_id);
                 client
                     .create_resource_provider(req)
                     .await
