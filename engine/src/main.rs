@@ -48,6 +48,10 @@ enum Command {
         /// Threads serving gRPC, each owning a share of the connections (0 = one per core).
         #[arg(long, env = "BERTH_THREADS")]
         threads: Option<usize>,
+        /// HTTP/2 implementation of plain-text connections: berth (berth-wire, the
+        /// cheaper) or tonic (hyper + h2) [default: berth]. TLS is served by tonic.
+        #[arg(long, env = "BERTH_TRANSPORT", value_enum)]
+        transport: Option<berth_engine::api::Transport>,
         /// Provider shards (power of two; 0 = one per core).
         #[arg(long, env = "BERTH_SHARDS")]
         shards: Option<usize>,
@@ -96,6 +100,7 @@ fn main() -> ExitCode {
             metrics_listen,
             log,
             threads,
+            transport,
             shards,
             data_dir,
             ephemeral,
@@ -123,6 +128,9 @@ fn main() -> ExitCode {
             }
             if let Some(v) = threads {
                 cfg.server.threads = v;
+            }
+            if let Some(v) = transport {
+                cfg.server.transport = v;
             }
             if let Some(v) = shards {
                 cfg.engine.shards = v;

@@ -17,6 +17,8 @@ use http::{HeaderName, HeaderValue};
 use parking_lot::RwLock;
 use tracing::Instrument;
 
+use berth_wire::server::percent_encode;
+
 use crate::store::Store;
 
 /// Metadata key of the request id.
@@ -266,19 +268,6 @@ fn unavailable<B: Default>(why: &str) -> http::Response<B> {
         h.insert(GRPC_MESSAGE.clone(), v);
     }
     res
-}
-
-/// grpc-message's encoding: printable ASCII but `%` as is, the rest as `%XX`.
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if (0x20..=0x7e).contains(&b) && b != b'%' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// grpc-message is percent-encoded on the wire.
