@@ -313,7 +313,12 @@ impl Decoder {
     }
 
     /// Reads a string; a Huffman-coded one is decoded into `scratch`.
-    fn string(b: &[u8], at: &mut usize, scratch: &mut Vec<u8>) -> Result<Str, &'static str> {
+    fn string(
+        &mut self,
+        b: &[u8],
+        at: &mut usize,
+        scratch: &mut Vec<u8>,
+    ) -> Result<Str, &'static str> {
         let huffman = b.get(*at).ok_or("truncated string")? & 0x80 != 0;
         let len = get_int(b, at, 7)?;
         let end = at
@@ -379,14 +384,14 @@ impl Decoder {
             let mut value_scratch = std::mem::take(&mut self.value);
             let r = (|| -> Result<(), &'static str> {
                 let name: Str = if i == 0 {
-                    Self::string(b, &mut at, &mut name_scratch)?
+                    self.string(b, &mut at, &mut name_scratch)?
                 } else {
                     let (n, _) = self.get(i)?;
                     name_scratch.clear();
                     name_scratch.extend_from_slice(n);
                     Str::Huffman
                 };
-                let value = Self::string(b, &mut at, &mut value_scratch)?;
+                let value = self.string(b, &mut at, &mut value_scratch)?;
                 let n = match name {
                     Str::Raw(s, e) => &b[s..e],
                     Str::Huffman => &name_scratch[..],
@@ -534,6 +539,23 @@ mod tests {
             }
         }
         string(out, value);
+    }
+
+    #[test]
+    fn repeated_long_huffman_strings_decode_the_same() {
+        let mut d = Decoder::default();
+        let tokens: Vec<String> = (0..7)
+            .map(|i| format!("Bearer eyJhbGciOiJIUzI1NiJ9.{}.sig{i}", "x".repeat(40 + i)))
+            .collect();
+        // Each token twice in a row, then all again: the cache holds 4 of the 7.
+        for t in tokens.iter().flat_map(|t| [t, t]).chain(tokens.iter()) {
+            let mut b = BytesMut::new();
+            encode_field(&mut b, "authorization", t, 2, true);
+            assert_eq!(
+                decode(&mut d, &b),
+                vec![("authorization".into(), t.clone())]
+            );
+        }
     }
 
     proptest! {
