@@ -28,12 +28,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::Conn;
-use berth_proto::v1 as pb;
-use berth_proto::v1::scheduler_client::SchedulerClient;
 use parking_lot::Mutex;
 
 use crate::fleet::Fleet;
-use crate::{Args, FLAVORS, Report, Tally, release_timed, report, spec_in, tally_claims};
+use crate::{Args, FLAVORS, Report, Sched, Tally, release_timed, report, spec_in, tally_claims};
 
 /// One successful claim: host name, when it was sent and answered.
 struct Claim {
@@ -60,6 +58,7 @@ struct History {
 /// Runs the scenario for `--duration` [30 s].
 pub(crate) async fn run(
     channels: &[Conn],
+    scheds: &[Sched],
     args: &Args,
     run_id: &str,
     fleet: &Arc<Fleet>,
@@ -80,7 +79,7 @@ pub(crate) async fn run(
     // Clients: flat's loop on the fleet's hosts, keeping every claim for the audit.
     let mut clients = Vec::new();
     for c in 0..args.clients {
-        let mut sched = SchedulerClient::new(channels[c % channels.len()].clone());
+        let mut sched = scheds[c % scheds.len()].clone();
         let (tally, stop, scope, hot) = (tally.clone(), stop.clone(), scope.clone(), hot.clone());
         let run_id = run_id.to_string();
         let mut rng = fastrand::Rng::with_seed(args.seed.wrapping_add(c as u64));
@@ -92,15 +91,11 @@ pub(crate) async fn run(
             while !stop.load(Ordering::Relaxed) {
                 let flavor = FLAVORS[rng.usize(..FLAVORS.len())].0;
                 let sent = Instant::now();
-                let r = sched
-                    .select_destinations(pb::SelectDestinationsRequest {
-                        spec: Some(spec_in(flavor, &run_id, &scope)),
-                    })
-                    .await;
+                let r = sched.select(spec_in(flavor, &run_id, &scope)).await;
                 let answered = Instant::now();
                 report::record(&mut sel_h, answered - sent);
                 let selections = match r {
-                    Ok(resp) => resp.into_inner().selections,
+                    Ok(resp) => resp.selections,
                     Err(e) => {
                         tally.record_error("SelectDestinations", &e);
                         continue;

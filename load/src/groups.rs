@@ -10,12 +10,16 @@ use std::time::Instant;
 use crate::Conn;
 use berth_proto::v1 as pb;
 use berth_proto::v1::catalog_client::CatalogClient;
-use berth_proto::v1::scheduler_client::SchedulerClient;
 
-use crate::{Args, FLAVORS, Report, Tally, report, spec, tally_claims};
+use crate::{Args, FLAVORS, Report, Sched, Tally, report, spec, tally_claims};
 
 /// Runs the placements.
-pub async fn run(channels: &[Conn], args: &Args, run_id: &str) -> Result<Report, String> {
+pub async fn run(
+    channels: &[Conn],
+    scheds: &[Sched],
+    args: &Args,
+    run_id: &str,
+) -> Result<Report, String> {
     let count = args.count.unwrap_or(10_000);
     let tally = Arc::new(Tally::default());
     let next = Arc::new(AtomicU64::new(0));
@@ -54,7 +58,7 @@ pub async fn run(channels: &[Conn], args: &Args, run_id: &str) -> Result<Report,
     let start = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..args.clients {
-        let mut sched = SchedulerClient::new(channels[c % channels.len()].clone());
+        let mut sched = scheds[c % scheds.len()].clone();
         let (tally, next, stop, group_ids) =
             (tally.clone(), next.clone(), stop.clone(), group_ids.clone());
         let run_id = run_id.to_string();
@@ -81,9 +85,7 @@ pub async fn run(channels: &[Conn], args: &Args, run_id: &str) -> Result<Report,
                     _ => {}
                 }
                 let t = Instant::now();
-                let r = sched
-                    .select_destinations(pb::SelectDestinationsRequest { spec: Some(s) })
-                    .await;
+                let r = sched.select(s).await;
                 report::record(&mut h, t.elapsed());
                 match r {
                     Ok(_) => {

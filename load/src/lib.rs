@@ -20,6 +20,7 @@ mod groups;
 mod heartbeat;
 mod lifecycle;
 pub mod report;
+pub mod sched;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -29,16 +30,23 @@ use std::time::{Duration, Instant};
 use berth_proto::v1 as pb;
 use berth_proto::v1::catalog_client::CatalogClient;
 use berth_proto::v1::placement_client::PlacementClient;
-use berth_proto::v1::scheduler_client::SchedulerClient;
 use clap::Parser;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 pub use report::Report;
+pub use sched::{ClientKind, Sched};
 
-/// Serving threads of a spawned engine: the cores this harness's one thread leaves.
-pub fn default_engine_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
+/// Serving threads of a spawned engine. With berth-wire's client the harness's one thread
+/// needs about a third of a core on flat-1k (11 µs per claim), so the engine gets one per
+/// core, its own default (2 cores: 31-33k against 25k claims/s with one). tonic's client
+/// (45 µs per claim) needs a core of its own: cores − 1 (2 threads: 13.5k against 15k).
+pub fn default_engine_threads(client: ClientKind) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    match client {
+        ClientKind::Wire => cores,
+        ClientKind::Tonic => cores.saturating_sub(1).max(1),
+    }
 }
 
 /// A connection to the engine that sends the run's bearer token with every call.
@@ -131,9 +139,8 @@ pub struct Args {
     /// new or empty.
     #[arg(long)]
     pub engine_data_dir: Option<std::path::PathBuf>,
-    /// gRPC serving threads of the spawned engine (its --threads) [default: cores − 1, at
-    /// least 1: this harness runs on one thread of its own, and threads beyond the cores
-    /// only take turns].
+    /// gRPC serving threads of the spawned engine (its --threads) [default: one per core;
+    /// with --client tonic, cores − 1, at least 1: that client needs a core of its own].
     #[arg(long)]
     pub engine_threads: Option<usize>,
     /// Concurrent clients.
@@ -195,6 +202,12 @@ pub struct Args {
     /// CA certificate (PEM) of an https:// --engine.
     #[arg(long, env = "BERTH_CA_CERT")]
     pub ca_cert: Option<std::path::PathBuf>,
+    /// HTTP/2 client of the placement loops (flat, fill, groups, churn): wire (berth-wire,
+    /// ~1 µs of CPU per call) or tonic (hyper + h2, ~12 µs). An https engine always gets
+    /// tonic's. The harness shares the machine with the engine: what it spends, the
+    /// engine cannot.
+    #[arg(long, value_enum, default_value_t = ClientKind::Wire)]
+    pub client: ClientKind,
 }
 
 impl Args {
@@ -441,7 +454,8 @@ pub async fn run(args: Args) -> Result<Report, String> {
                 pack,
                 args.security,
                 args.engine_data_dir.as_deref(),
-                args.engine_threads.unwrap_or_else(default_engine_threads),
+                args.engine_threads
+                    .unwrap_or_else(|| default_engine_threads(args.client)),
             )
             .await?;
             let u = p.url.clone();
@@ -474,6 +488,7 @@ pub async fn run(args: Args) -> Result<Report, String> {
             .map_err(|e| format!("cannot reach the engine at {url}: {e}"))?;
         channels.push(InterceptedService::new(ch, bearer.clone()));
     }
+    let scheds = sched::connect(args.client, &url, credentials.token.as_deref(), &channels).await?;
     let setup_start = Instant::now();
     let run_id = format!("{:08x}", fastrand::u32(..));
     create_flavors(&channels[0]).await?;
@@ -512,11 +527,11 @@ pub async fn run(args: Args) -> Result<Report, String> {
     let cpu_before = spawned.as_ref().map(|p| p.cpu_seconds()).unwrap_or(0.0);
     let harness_before = engine_proc::cpu_seconds("self");
     let result = match scenario {
-        Scenario::Flat(_) => run_flat(&channels, &args, &run_id, &scope).await,
-        Scenario::Fill(_) => run_fill(&channels, &args, &run_id, &scope).await,
-        Scenario::Groups(_) => groups::run(&channels, &args, &run_id).await,
+        Scenario::Flat(_) => run_flat(&scheds, &args, &run_id, &scope).await,
+        Scenario::Fill(_) => run_fill(&scheds, &args, &run_id, &scope).await,
+        Scenario::Groups(_) => groups::run(&channels, &scheds, &args, &run_id).await,
         Scenario::Lifecycle(_) => lifecycle::run(&channels, &args, &run_id, &fleet).await,
-        Scenario::Churn(n) => churn::run(&channels, &args, &run_id, &fleet, n).await,
+        Scenario::Churn(n) => churn::run(&channels, &scheds, &args, &run_id, &fleet, n).await,
         Scenario::Heartbeat(_) => {
             heartbeat::run(&channels[0], &args, &fleet, spawned.as_ref()).await
         }
@@ -755,7 +770,7 @@ pub(crate) fn code_name(s: &tonic::Status) -> String {
 }
 
 async fn run_flat(
-    channels: &[Conn],
+    scheds: &[Sched],
     args: &Args,
     run_id: &str,
     scope: &Scope,
@@ -767,7 +782,7 @@ async fn run_flat(
     let start = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..args.clients {
-        let mut sched = SchedulerClient::new(channels[c % channels.len()].clone());
+        let mut sched = scheds[c % scheds.len()].clone();
         let tally = tally.clone();
         let stop = stop.clone();
         let run_id = run_id.to_string();
@@ -779,16 +794,12 @@ async fn run_flat(
             while !stop.load(Ordering::Relaxed) {
                 let flavor = FLAVORS[rng.usize(..FLAVORS.len())].0;
                 let t = Instant::now();
-                let r = sched
-                    .select_destinations(pb::SelectDestinationsRequest {
-                        spec: Some(spec_in(flavor, &run_id, &scope)),
-                    })
-                    .await;
+                let r = sched.select(spec_in(flavor, &run_id, &scope)).await;
                 report::record(&mut sel_h, t.elapsed());
                 match r {
                     Ok(resp) => {
                         let n = tally.claims.fetch_add(1, Ordering::Relaxed) + 1;
-                        for s in resp.into_inner().selections {
+                        for s in resp.selections {
                             release_timed(&mut sched, s.consumer_uuid, &mut rel_h, &tally).await;
                         }
                         if n >= limit {
@@ -833,7 +844,7 @@ pub(crate) fn tally_claims(t: &Arc<Tally>) -> impl Fn() -> u64 + Send + 'static 
 }
 
 async fn run_fill(
-    channels: &[Conn],
+    scheds: &[Sched],
     args: &Args,
     run_id: &str,
     scope: &Scope,
@@ -842,7 +853,7 @@ async fn run_fill(
     let start = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..args.clients {
-        let mut sched = SchedulerClient::new(channels[c % channels.len()].clone());
+        let mut sched = scheds[c % scheds.len()].clone();
         let tally = tally.clone();
         let run_id = run_id.to_string();
         let scope = scope.clone();
@@ -855,11 +866,7 @@ async fn run_fill(
                 let open: Vec<usize> = (0..FLAVORS.len()).filter(|i| !exhausted[*i]).collect();
                 let f = open[rng.usize(..open.len())];
                 let t = Instant::now();
-                let r = sched
-                    .select_destinations(pb::SelectDestinationsRequest {
-                        spec: Some(spec_in(FLAVORS[f].0, &run_id, &scope)),
-                    })
-                    .await;
+                let r = sched.select(spec_in(FLAVORS[f].0, &run_id, &scope)).await;
                 report::record(&mut sel_h, t.elapsed());
                 match r {
                     Ok(_) => {
@@ -972,17 +979,13 @@ async fn audit(channel: &Conn, run_id: &str, scope: &Scope) -> Result<report::Au
 
 /// Releases `consumer`, recording the call's latency in `hist` and its outcome in `tally`.
 pub(crate) async fn release_timed(
-    sched: &mut SchedulerClient<Conn>,
+    sched: &mut Sched,
     consumer: String,
     hist: &mut hdrhistogram::Histogram<u64>,
     tally: &Tally,
 ) {
     let t = Instant::now();
-    let r = sched
-        .release(pb::ReleaseRequest {
-            consumer_uuid: consumer,
-        })
-        .await;
+    let r = sched.release(consumer).await;
     report::record(hist, t.elapsed());
     match r {
         Ok(_) => {

@@ -4,7 +4,10 @@
 //!
 //! - [`server`]: serves a connection with any tower service taking `http::Request`s — the
 //!   same tonic services and layers the engine registers — including streaming calls.
+//! - [`client`]: unary calls over one connection, for the load harness.
 
+pub mod client;
 pub mod frame;
+pub mod grpc;
 pub mod hpack;
 pub mod server;

@@ -1047,7 +1047,7 @@ fn error_response(e: &(dyn std::error::Error + Send + Sync + 'static)) -> http::
         HeaderValue::from_static("application/grpc"),
     );
     h.insert(GRPC_STATUS.clone(), HeaderValue::from_static(status));
-    if let Ok(v) = HeaderValue::from_str(&percent_encode(&msg)) {
+    if let Ok(v) = HeaderValue::from_str(&crate::grpc::percent_encode(&msg)) {
         h.insert(GRPC_MESSAGE.clone(), v);
     }
     r.into_parts().0
@@ -1055,19 +1055,6 @@ fn error_response(e: &(dyn std::error::Error + Send + Sync + 'static)) -> http::
 
 static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
-
-/// grpc-message's encoding: printable ASCII but `%` as is, the rest as `%XX`.
-pub fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if (0x20..=0x7e).contains(&b) && b != b'%' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
 
 /// The `grpc-timeout` elapsed.
 #[derive(Debug)]

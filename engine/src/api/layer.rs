@@ -17,7 +17,7 @@ use http::{HeaderName, HeaderValue};
 use parking_lot::RwLock;
 use tracing::Instrument;
 
-use berth_wire::server::percent_encode;
+use berth_wire::grpc::{percent_decode, percent_encode};
 
 use crate::store::Store;
 
@@ -243,7 +243,7 @@ where
                         .headers()
                         .get(&GRPC_MESSAGE)
                         .and_then(|v| v.to_str().ok())
-                        .map(percent_decode)
+                        .map(|m| percent_decode(m.as_bytes()))
                         .unwrap_or_default();
                     tracing::info!(code = %code_name, micros = elapsed.as_micros() as u64, message = %msg, "failed");
                 }
@@ -270,33 +270,6 @@ fn unavailable<B: Default>(why: &str) -> http::Response<B> {
     res
 }
 
-/// grpc-message is percent-encoded on the wire.
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = (b[i] == b'%' && i + 3 <= b.len())
-            .then(|| {
-                std::str::from_utf8(&b[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-            })
-            .flatten();
-        match hex {
-            Some(v) => {
-                out.push(v);
-                i += 3;
-            }
-            None => {
-                out.push(b[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -314,11 +287,5 @@ mod tests {
             let code = tonic::Code::from_i32(c);
             assert_eq!(code_name(code), format!("{code:?}"));
         }
-        assert_eq!(percent_decode("no%20valid%20host"), "no valid host");
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(
-            percent_decode(&percent_encode("disk 100% full\n")),
-            "disk 100% full\n"
-        );
     }
 }
