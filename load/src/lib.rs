@@ -40,12 +40,15 @@ pub use sched::{ClientKind, Sched};
 /// Serving threads of a spawned engine. With berth-wire's client the harness's one thread
 /// needs about a third of a core on flat-1k (11 µs per claim), so the engine gets one per
 /// core, its own default (2 cores: 31-33k against 25k claims/s with one). tonic's client
-/// (45 µs per claim) needs a core of its own: cores − 1 (2 threads: 13.5k against 15k).
-pub fn default_engine_threads(client: ClientKind) -> usize {
+/// (45 µs per claim) needs a core of its own, and so do simulated nodes (`agents`: the
+/// harness took 82% of a core on lifecycle-1k): cores − 1 (flat-1k over tonic with 2
+/// threads: 13.5k against 15k claims/s).
+pub fn default_engine_threads(client: ClientKind, agents: bool) -> usize {
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    match client {
-        ClientKind::Wire => cores,
-        ClientKind::Tonic => cores.saturating_sub(1).max(1),
+    if client == ClientKind::Wire && !agents {
+        cores
+    } else {
+        cores.saturating_sub(1).max(1)
     }
 }
 
@@ -140,7 +143,8 @@ pub struct Args {
     #[arg(long)]
     pub engine_data_dir: Option<std::path::PathBuf>,
     /// gRPC serving threads of the spawned engine (its --threads) [default: one per core;
-    /// with --client tonic, cores − 1, at least 1: that client needs a core of its own].
+    /// cores − 1, at least 1, with --client tonic or simulated nodes: they need a core of
+    /// their own].
     #[arg(long)]
     pub engine_threads: Option<usize>,
     /// Concurrent clients.
@@ -455,7 +459,7 @@ pub async fn run(args: Args) -> Result<Report, String> {
                 args.security,
                 args.engine_data_dir.as_deref(),
                 args.engine_threads
-                    .unwrap_or_else(|| default_engine_threads(args.client)),
+                    .unwrap_or_else(|| default_engine_threads(args.client, sim_nodes > 0)),
             )
             .await?;
             let u = p.url.clone();
