@@ -39,13 +39,14 @@ pub use sched::{ClientKind, Sched};
 
 /// Serving threads of a spawned engine. With berth-wire's client the harness's one thread
 /// needs about a third of a core on flat-1k (11 µs per claim), so the engine gets one per
-/// core, its own default (2 cores: 31-33k against 25k claims/s with one). tonic's client
-/// (45 µs per claim) needs a core of its own, and so do simulated nodes (`agents`: the
-/// harness took 82% of a core on lifecycle-1k): cores − 1 (flat-1k over tonic with 2
-/// threads: 13.5k against 15k claims/s).
-pub fn default_engine_threads(client: ClientKind, agents: bool) -> usize {
+/// core, its own default (2 cores: 31-33k against 25k claims/s with one; churn-10k 8.4k
+/// against 5.2k). tonic's client (45 µs per claim) needs a core of its own, and so does
+/// lifecycle's harness (`busy_harness`: its agents run every server's spawn and delete,
+/// 82% of a core with 2 engine threads: 4.7k against 6.4k servers/s with 1): cores − 1
+/// (flat-1k over tonic with 2 threads: 13.5k against 15k claims/s).
+pub fn default_engine_threads(client: ClientKind, busy_harness: bool) -> usize {
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    if client == ClientKind::Wire && !agents {
+    if client == ClientKind::Wire && !busy_harness {
         cores
     } else {
         cores.saturating_sub(1).max(1)
@@ -143,8 +144,8 @@ pub struct Args {
     #[arg(long)]
     pub engine_data_dir: Option<std::path::PathBuf>,
     /// gRPC serving threads of the spawned engine (its --threads) [default: one per core;
-    /// cores − 1, at least 1, with --client tonic or simulated nodes: they need a core of
-    /// their own].
+    /// cores − 1, at least 1, with --client tonic or for lifecycle, whose harness needs a
+    /// core of its own].
     #[arg(long)]
     pub engine_threads: Option<usize>,
     /// Concurrent clients.
@@ -206,10 +207,10 @@ pub struct Args {
     /// CA certificate (PEM) of an https:// --engine.
     #[arg(long, env = "BERTH_CA_CERT")]
     pub ca_cert: Option<std::path::PathBuf>,
-    /// HTTP/2 client of the placement loops (flat, fill, groups, churn): wire (berth-wire,
-    /// ~1 µs of CPU per call) or tonic (hyper + h2, ~12 µs). An https engine always gets
-    /// tonic's. The harness shares the machine with the engine: what it spends, the
-    /// engine cannot.
+    /// HTTP/2 client of the placement loops (flat, fill, groups, churn): wire (berth-wire;
+    /// the harness spends 10–11 µs per flat-1k claim) or tonic (hyper + h2; 42–45 µs). An
+    /// https engine always gets tonic's. The harness shares the machine with the engine:
+    /// what it spends, the engine cannot.
     #[arg(long, value_enum, default_value_t = ClientKind::Wire)]
     pub client: ClientKind,
 }
@@ -458,8 +459,9 @@ pub async fn run(args: Args) -> Result<Report, String> {
                 pack,
                 args.security,
                 args.engine_data_dir.as_deref(),
-                args.engine_threads
-                    .unwrap_or_else(|| default_engine_threads(args.client, sim_nodes > 0)),
+                args.engine_threads.unwrap_or_else(|| {
+                    default_engine_threads(args.client, matches!(scenario, Scenario::Lifecycle(_)))
+                }),
             )
             .await?;
             let u = p.url.clone();

@@ -1,7 +1,7 @@
 //! The placement loops' scheduler calls, over berth-wire's client (the default on plain
-//! text: ~1 µs of this harness's CPU per call) or tonic's (TLS, or `--client tonic`: ~12
-//! µs). A benchmark's harness shares the machine with the engine, so what the client
-//! costs is taken from the engine (README "Performance").
+//! text: the harness spends 10–11 µs per flat-1k claim) or tonic's (TLS, or `--client
+//! tonic`: 42–45 µs). A benchmark's harness shares the machine with the engine, so what
+//! the client costs is taken from the engine (README "Performance").
 
 use berth_proto::v1 as pb;
 use berth_proto::v1::scheduler_client::SchedulerClient;
