@@ -48,8 +48,8 @@ enum Command {
         /// Threads serving gRPC, each owning a share of the connections (0 = one per core).
         #[arg(long, env = "BERTH_THREADS")]
         threads: Option<usize>,
-        /// HTTP/2 implementation of plain-text connections: berth (berth-wire, the
-        /// cheaper) or tonic (hyper + h2) [default: berth]. TLS is served by tonic.
+        /// HTTP/2 implementation serving gRPC: berth (berth-wire, the
+        /// cheaper) or tonic (hyper + h2) [default: berth].
         #[arg(long, env = "BERTH_TRANSPORT", value_enum)]
         transport: Option<berth_engine::api::Transport>,
         /// Provider shards (power of two; 0 = one per core).

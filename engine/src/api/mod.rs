@@ -60,10 +60,9 @@ pub struct ServerConfig {
     /// Threads serving gRPC, each a single-threaded runtime owning a share of the
     /// connections (handed out in turn); 0 = one per core.
     pub threads: usize,
-    /// The HTTP/2 implementation serving plain-text connections: `berth` (berth-wire, one
+    /// The HTTP/2 implementation serving gRPC: `berth` (berth-wire, one
     /// task per connection; a Health/Check costs the engine 12 µs of CPU against tonic's
-    /// 17.6, flat-1k 52 against 66 µs per claim) or `tonic` (hyper + h2). TLS connections
-    /// are served by tonic either way.
+    /// 17.6, flat-1k 52 against 66 µs per claim) or `tonic` (hyper + h2), TLS included.
     pub transport: Transport,
 }
 
@@ -206,7 +205,7 @@ struct Services {
     catalog: CatalogServer<catalog::CatalogApi>,
     servers: ServersServer<servers::ServersApi>,
     nodes: NodesServer<nodes::NodesApi>,
-    tls: Option<tonic::transport::ServerTlsConfig>,
+    tls: Option<crate::auth::tls::ServerTls>,
     auth: crate::auth::AuthLayer,
     request_id: layer::RequestIdLayer,
     transport: Transport,
@@ -307,12 +306,15 @@ fn serve_thread(
             .add_service(services.catalog)
             .add_service(services.servers)
             .add_service(services.nodes);
-        if services.tls.is_none() && services.transport == Transport::Berth {
+        if services.transport == Transport::Berth {
             let service = tower::ServiceBuilder::new()
                 .layer(services.request_id)
                 .layer(services.auth)
                 .service(routes);
-            serve_wire(service, services.max_message_bytes, connections, stop).await;
+            let tls = services
+                .tls
+                .map(|t| tokio_rustls::TlsAcceptor::from(t.rustls));
+            serve_wire(service, services.max_message_bytes, tls, connections, stop).await;
             return Ok(());
         }
         let incoming = tokio_stream::StreamExt::map(
@@ -321,7 +323,7 @@ fn serve_thread(
         );
         let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = services.tls {
-            builder = builder.tls_config(tls)?;
+            builder = builder.tls_config(tls.tonic)?;
         }
         builder
             .layer(services.request_id)
@@ -335,11 +337,15 @@ fn serve_thread(
     })
 }
 
+/// How long a client may take over its TLS handshake (tonic's server allows the same).
+const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
+
 /// Serves a thread's connections with berth-wire until `stop`, then lets each finish its
 /// calls in flight (a GOAWAY tells the client to open no more streams).
 async fn serve_wire<S>(
     service: S,
     max_message_bytes: usize,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     mut connections: tokio::sync::mpsc::UnboundedReceiver<std::net::TcpStream>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) where
@@ -374,12 +380,37 @@ async fn serve_wire<S>(
                     }
                 };
                 use tonic::transport::server::Connected;
-                let info = stream.connect_info();
                 let mut stop = per_connection.clone();
                 let shutdown = async move {
                     let _ = stop.wait_for(|s| *s).await;
                 };
-                tasks.spawn(berth_wire::server::serve(stream, service.clone(), config.clone(), info, shutdown));
+                let (service, config) = (service.clone(), config.clone());
+                match &tls {
+                    None => {
+                        let info = stream.connect_info();
+                        tasks.spawn(berth_wire::server::serve(stream, service, config, info, shutdown));
+                    }
+                    Some(acceptor) => {
+                        let acceptor = acceptor.clone();
+                        tasks.spawn(async move {
+                            // Each handshake in its own task: a slow client holds up no one.
+                            let stream = match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(stream)).await {
+                                Ok(Ok(s)) => s,
+                                Ok(Err(e)) => {
+                                    tracing::debug!("TLS handshake failed: {e}");
+                                    return Ok(());
+                                }
+                                Err(_) => {
+                                    tracing::debug!("TLS handshake timed out");
+                                    return Ok(());
+                                }
+                            };
+                            // The peer's certificates, for the auth layer (node names).
+                            let info = stream.connect_info();
+                            berth_wire::server::serve(stream, service, config, info, shutdown).await
+                        });
+                    }
+                }
             }
             _ = stop.wait_for(|s| *s) => break,
             Some(r) = tasks.join_next(), if !tasks.is_empty() => {

@@ -6,8 +6,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tonic::transport::ServerTlsConfig;
-
 use super::files::{admin_token_path, ensure_admin_token, load_key};
 use super::layer::Authenticator;
 use super::tls::server_tls;
@@ -33,7 +31,7 @@ pub struct Security {
     /// Decides each call.
     pub authenticator: Arc<Authenticator>,
     /// The listener's TLS, if any.
-    pub tls: Option<ServerTlsConfig>,
+    pub tls: Option<super::tls::ServerTls>,
     /// Where the admin token was written (for the start-up log), when auth is on.
     pub admin_token: Option<PathBuf>,
     /// Whether the admin token was (re)written just now.

@@ -11,6 +11,7 @@
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rcgen::{
@@ -21,32 +22,104 @@ use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use super::files::{ensure_dir, write_secret};
 
-/// The TLS settings of the engine's listener.
+/// The listener's TLS, for either transport (`[server] transport`): tonic's settings, and
+/// the rustls configuration berth-wire's connections are accepted with — the same
+/// certificate, key and client CA, and the same rules (a client certificate is optional,
+/// verified against the CA when presented; ALPN `h2`).
+#[derive(Clone)]
+pub struct ServerTls {
+    /// For tonic's server.
+    pub tonic: ServerTlsConfig,
+    /// For berth-wire.
+    pub rustls: Arc<tokio_rustls::rustls::ServerConfig>,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls").finish_non_exhaustive()
+    }
+}
+
+/// The TLS settings of the listener.
 ///
 /// `cert` and `key` are PEM files; `client_ca`, if given, is the PEM CA that signs node
 /// certificates. Errors name the file.
-pub fn server_tls(
-    cert: &Path,
-    key: &Path,
-    client_ca: Option<&Path>,
-) -> Result<ServerTlsConfig, String> {
+pub fn server_tls(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<ServerTls, String> {
     let read =
         |what: &str, p: &Path| std::fs::read(p).map_err(|e| format!("{what} {}: {e}", p.display()));
     let cert_pem = read("tls_cert", cert)?;
     let key_pem = read("tls_key", key)?;
     check_pem("tls_cert", cert, &cert_pem, "CERTIFICATE")?;
     check_pem("tls_key", key, &key_pem, "PRIVATE KEY")?;
+    let ca_pem = match client_ca {
+        Some(ca) => {
+            let pem = read("tls_client_ca", ca)?;
+            check_pem("tls_client_ca", ca, &pem, "CERTIFICATE")?;
+            Some((ca, pem))
+        }
+        None => None,
+    };
+    let rustls = rustls_config(
+        (cert, &cert_pem),
+        (key, &key_pem),
+        ca_pem.as_ref().map(|(p, pem)| (*p, pem.as_slice())),
+    )?;
     let mut tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(cert_pem, key_pem))
         .timeout(Duration::from_secs(10));
-    if let Some(ca) = client_ca {
-        let ca_pem = read("tls_client_ca", ca)?;
-        check_pem("tls_client_ca", ca, &ca_pem, "CERTIFICATE")?;
+    if let Some((_, ca_pem)) = ca_pem {
         tls = tls
             .client_ca_root(Certificate::from_pem(ca_pem))
             .client_auth_optional(true);
     }
-    Ok(tls)
+    Ok(ServerTls { tonic: tls, rustls })
+}
+
+/// The rustls side of [`server_tls`].
+fn rustls_config(
+    (cert, cert_pem): (&Path, &[u8]),
+    (key, key_pem): (&Path, &[u8]),
+    client_ca: Option<(&Path, &[u8])>,
+) -> Result<Arc<tokio_rustls::rustls::ServerConfig>, String> {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls::{RootCertStore, ServerConfig, server::WebPkiClientVerifier};
+    let certs = |what: &str, p: &Path, pem: &[u8]| {
+        CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{what} {}: {e}", p.display()))
+    };
+    let chain = certs("tls_cert", cert, cert_pem)?;
+    let private = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|e| format!("tls_key {}: {e}", key.display()))?;
+    let builder = ServerConfig::builder();
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some((p, pem)) => {
+            let mut roots = RootCertStore::empty();
+            let (added, _) = roots.add_parsable_certificates(certs("tls_client_ca", p, pem)?);
+            if added == 0 {
+                return Err(format!(
+                    "tls_client_ca {}: no usable certificate",
+                    p.display()
+                ));
+            }
+            let verifier = WebPkiClientVerifier::builder(roots.into())
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| format!("tls_client_ca {}: {e}", p.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(chain, private).map_err(|e| {
+        format!(
+            "tls_cert {} / tls_key {}: {e}",
+            cert.display(),
+            key.display()
+        )
+    })?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// A cheap check that a file holds the PEM block expected, so a swapped path fails at
@@ -352,6 +425,30 @@ mod tests {
         assert!(e.contains("tls_cert"), "{e}");
         let e = server_tls(&p(names::ENGINE_CERT), &p("missing.key"), None).unwrap_err();
         assert!(e.contains("tls_key") && e.contains("missing.key"), "{e}");
+        // The right PEM labels around a key that is not one, and a CA block that is not a
+        // certificate: rustls's side refuses them at start, naming the file.
+        std::fs::write(
+            p("bad.key"),
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let e = server_tls(&p(names::ENGINE_CERT), &p("bad.key"), None).unwrap_err();
+        assert!(e.contains("bad.key"), "{e}");
+        std::fs::write(
+            p("bad-ca.pem"),
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let e = server_tls(
+            &p(names::ENGINE_CERT),
+            &p(names::ENGINE_KEY),
+            Some(&p("bad-ca.pem")),
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("tls_client_ca") && e.contains("bad-ca.pem"),
+            "{e}"
+        );
         assert!(node_name_from_cert(b"junk").unwrap_err().contains("X.509"));
     }
 }
