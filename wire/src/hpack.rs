@@ -98,14 +98,14 @@ impl Indexer {
 
     /// The peer's SETTINGS_HEADER_TABLE_SIZE changed.
     pub fn set_max(&mut self, max: usize) {
-        if max < self.max {
+        // The peer's decoder changes its table size only when we say so: every change is
+        // announced at the start of the next block. Beyond 4096 bytes there is nothing for
+        // the few headers we index to gain.
+        let max = max.min(4096);
+        if max != self.max {
             self.max = max;
             self.evict(0);
             self.pending_update = Some(max);
-        } else {
-            // Using more than before needs no announcement beyond the peer's own setting;
-            // stay within the table we have (entries are few).
-            self.max = self.max.max(max.min(4096));
         }
     }
 
@@ -478,6 +478,21 @@ mod tests {
         ix.begin(&mut b);
         ix.put(&mut b, b"te", b"trailers");
         assert_eq!(decode(&mut d, &b), vec![("te".into(), "trailers".into())]);
+        // And grows it again: announced too, so both sides agree on what is indexed.
+        ix.set_max(4096);
+        for _ in 0..2 {
+            let mut b = BytesMut::new();
+            ix.begin(&mut b);
+            ix.put(&mut b, b"te", b"trailers");
+            ix.put(&mut b, b":path", b"/x");
+            assert_eq!(
+                decode(&mut d, &b),
+                vec![
+                    ("te".into(), "trailers".into()),
+                    (":path".into(), "/x".into())
+                ]
+            );
+        }
     }
 
     #[test]
