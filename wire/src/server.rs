@@ -467,9 +467,15 @@ where
         if let Some(s) = self.streams.remove(&id)
             && let Some(c) = s.chan
         {
-            let mut c = c.lock();
-            c.reset = true;
-            c.wake();
+            // What the call took and did not report yet, and what it will never read,
+            // go back to the connection's window.
+            let unreturned = {
+                let mut c = c.lock();
+                c.reset = true;
+                c.wake();
+                c.consumed + c.chunks.iter().map(Bytes::len).sum::<usize>()
+            };
+            self.consumed(unreturned);
         }
     }
 
@@ -731,9 +737,6 @@ where
             // The call no longer reads its body.
             _ => consumed = head.len,
         }
-        if end {
-            s.chan = None;
-        }
         self.consumed(consumed);
         Ok(())
     }
@@ -763,7 +766,7 @@ where
                 return Ok(());
             }
             s.remote_closed = true;
-            if let Some(c) = s.chan.take() {
+            if let Some(c) = &s.chan {
                 let mut c = c.lock();
                 c.end = true;
                 c.wake();
@@ -847,6 +850,16 @@ where
                     .map_err(Into::into)?;
                 service.call(req).await.map_err(Into::into)
             };
+            // A handler that panics fails its own call (INTERNAL), not every call on the
+            // connection (hyper's task per stream gave the same isolation).
+            let call = async move {
+                match futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(call))
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(_) => Err(BoxError::from("the handler panicked")),
+                }
+            };
             let fut: CallFuture<B> = match deadline {
                 None => Box::pin(async move { (id, call.await) }),
                 Some(d) => Box::pin(async move {
@@ -873,8 +886,6 @@ where
                 continue;
             };
             let Some(chan) = &s.chan else {
-                // The client finished sending: what is still queued is returned as it
-                // is read, by the connection window only.
                 self.chans.swap_remove(i);
                 continue;
             };
@@ -887,8 +898,12 @@ where
                 n
             };
             if n > 0 {
-                s.recv_window += n as i64;
-                frame::put_window_update(&mut self.wbuf, id, n as u32);
+                // The stream's window matters only while the client still sends on it; the
+                // connection's always.
+                if !s.remote_closed {
+                    s.recv_window += n as i64;
+                    frame::put_window_update(&mut self.wbuf, id, n as u32);
+                }
                 self.consumed(n);
             }
             i += 1;

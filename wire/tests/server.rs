@@ -69,8 +69,8 @@ where
 }
 
 /// The service under test, by path: `/t/echo` answers the request body; `/t/sleep`
-/// answers after 300 ms; `/t/stream` answers 40 chunks of 100 KiB; anything else is
-/// UNIMPLEMENTED, trailers-only.
+/// answers after 300 ms; `/t/stream` answers 40 chunks of 100 KiB; `/t/panic` panics;
+/// anything else is UNIMPLEMENTED, trailers-only.
 #[derive(Clone)]
 struct TestService;
 
@@ -106,6 +106,7 @@ impl Service<Request<RecvBody>> for TestService {
                 "/t/stream" => Ok(ok((0..40u8)
                     .map(|i| Bytes::from(vec![i; 100 << 10]))
                     .collect())),
+                "/t/panic" => panic!("a handler bug"),
                 _ => {
                     let mut r = Response::new(TestBody {
                         chunks: VecDeque::new(),
@@ -195,6 +196,11 @@ async fn unary_answers_errors_and_large_bodies() {
     let big: Vec<u8> = (0..3_000_000u32).map(|i| i as u8).collect();
     let (_, data, _) = call(&mut ch, request("/t/echo", big.clone())).await;
     assert_eq!(data, big);
+    // A handler that panics fails its call only.
+    let (headers, _, _) = call(&mut ch, request("/t/panic", vec![])).await;
+    assert_eq!(headers["grpc-status"], "13");
+    let (_, data, _) = call(&mut ch, request("/t/echo", b"after".to_vec())).await;
+    assert_eq!(data, b"after");
     // Trailers-only error.
     let (headers, data, trailers) = call(&mut ch, request("/t/nope", vec![])).await;
     assert_eq!(headers["grpc-status"], "12");
@@ -289,6 +295,60 @@ async fn deadline_answers_deadline_exceeded() {
         "a malformed grpc-timeout resets the stream"
     );
     assert_eq!(rst.1, code::PROTOCOL_ERROR.to_be_bytes());
+    stop.send(true).unwrap();
+    h.await.unwrap();
+}
+
+/// Requests whose DATA arrives after the call started (HEADERS in one write, the body in
+/// a later one) go through the body's queue; what the calls read must go back to the
+/// connection's window, or a connection would stall after a window's worth of them.
+#[tokio::test]
+async fn bodies_that_arrive_late_return_their_window() {
+    use berth_wire::frame::{flag, kind};
+    let (addr, stop, h) = start(Config::default()).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut out = bytes::BytesMut::new();
+    out.extend_from_slice(berth_wire::frame::PREFACE);
+    // Windows large enough for every answer: this client sends no WINDOW_UPDATE.
+    berth_wire::frame::put_settings(
+        &mut out,
+        &[(berth_wire::frame::setting::INITIAL_WINDOW_SIZE, 1 << 24)],
+    );
+    berth_wire::frame::put_window_update(&mut out, 0, 1 << 30);
+    s.write_all(&out).await.unwrap();
+    out.clear();
+    let body = vec![7u8; 100 << 10];
+    // 40 calls of 100 KiB: twice the 2 MiB connection window.
+    for i in 0..40u32 {
+        let id = 2 * i + 1;
+        let mut block = bytes::BytesMut::new();
+        berth_wire::hpack::put_literal(&mut block, b":method", b"POST", false);
+        berth_wire::hpack::put_literal(&mut block, b":scheme", b"http", false);
+        berth_wire::hpack::put_literal(&mut block, b":path", b"/t/echo", false);
+        berth_wire::frame::put_headers(&mut out, id, &block, false, 16384);
+        s.write_all(&out).await.unwrap();
+        out.clear();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        berth_wire::frame::put_data(&mut out, id, &body, true, 16384);
+        s.write_all(&out).await.unwrap();
+        out.clear();
+        let frames = read_frames(&mut s, |f| {
+            f.iter()
+                .any(|(h, _)| h.stream == id && h.kind == kind::HEADERS && h.has(flag::END_STREAM))
+                || f.iter().any(|(h, _)| h.kind == kind::GOAWAY)
+        })
+        .await;
+        assert!(
+            !frames.iter().any(|(h, _)| h.kind == kind::GOAWAY),
+            "call {i}: {frames:?}"
+        );
+        let echoed: usize = frames
+            .iter()
+            .filter(|(h, _)| h.stream == id && h.kind == kind::DATA)
+            .map(|(_, p)| p.len())
+            .sum();
+        assert_eq!(echoed, body.len(), "call {i}");
+    }
     stop.send(true).unwrap();
     h.await.unwrap();
 }
