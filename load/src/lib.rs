@@ -460,7 +460,12 @@ pub async fn run(args: Args) -> Result<Report, String> {
                 args.security,
                 args.engine_data_dir.as_deref(),
                 args.engine_threads.unwrap_or_else(|| {
-                    default_engine_threads(args.client, matches!(scenario, Scenario::Lifecycle(_)))
+                    // A TLS engine is called through tonic's client (sched::connect).
+                    let client = match args.security {
+                        Security::Tls => ClientKind::Tonic,
+                        _ => args.client,
+                    };
+                    default_engine_threads(client, matches!(scenario, Scenario::Lifecycle(_)))
                 }),
             )
             .await?;
