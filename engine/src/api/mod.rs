@@ -337,33 +337,54 @@ fn serve_thread(
     })
 }
 
+/// The service stack a serving thread runs on berth-wire: tonic's routes behind the
+/// request-id and auth layers.
+trait WireService:
+    tower::Service<
+        http::Request<berth_wire::server::RecvBody>,
+        Response = http::Response<tonic::body::Body>,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> WireService for S where
+    S: tower::Service<
+            http::Request<berth_wire::server::RecvBody>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
 /// How long a client may take over its TLS handshake (tonic's server allows the same).
 const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
 
 /// Serves a thread's connections with berth-wire until `stop`, then lets each finish its
 /// calls in flight (a GOAWAY tells the client to open no more streams).
-async fn serve_wire<S>(
+async fn serve_wire<S: WireService>(
     service: S,
     max_message_bytes: usize,
     tls: Option<tokio_rustls::TlsAcceptor>,
     mut connections: tokio::sync::mpsc::UnboundedReceiver<std::net::TcpStream>,
     mut stop: tokio::sync::watch::Receiver<bool>,
-) where
-    S: tower::Service<
-            http::Request<berth_wire::server::RecvBody>,
-            Response = http::Response<tonic::body::Body>,
-            Error = std::convert::Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
+) {
+    let window = |bytes: usize| {
+        u32::try_from(bytes)
+            .unwrap_or(berth_wire::frame::MAX_WINDOW)
+            .min(berth_wire::frame::MAX_WINDOW)
+    };
     let config = berth_wire::server::Config {
-        // A request's message fits in one stream window, so a unary call never waits for
-        // a WINDOW_UPDATE.
-        stream_window: (max_message_bytes as u64 + 64).min(u64::from(i32::MAX as u32)) as u32,
-        connection_window: (2 * max_message_bytes as u64 + 128).min(u64::from(i32::MAX as u32))
-            as u32,
+        // A request's message (and its 5-byte prefix) fits in one stream window, so a
+        // unary call never waits for a WINDOW_UPDATE; two fit in the connection's.
+        stream_window: window(max_message_bytes.saturating_add(64)),
+        connection_window: window(max_message_bytes.saturating_mul(2).saturating_add(128)),
         ..Default::default()
     };
     let mut tasks = tokio::task::JoinSet::new();
@@ -379,38 +400,11 @@ async fn serve_wire<S>(
                         continue;
                     }
                 };
-                use tonic::transport::server::Connected;
                 let mut stop = per_connection.clone();
                 let shutdown = async move {
                     let _ = stop.wait_for(|s| *s).await;
                 };
-                let (service, config) = (service.clone(), config.clone());
-                match &tls {
-                    None => {
-                        let info = stream.connect_info();
-                        tasks.spawn(berth_wire::server::serve(stream, service, config, info, shutdown));
-                    }
-                    Some(acceptor) => {
-                        let acceptor = acceptor.clone();
-                        tasks.spawn(async move {
-                            // Each handshake in its own task: a slow client holds up no one.
-                            let stream = match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(stream)).await {
-                                Ok(Ok(s)) => s,
-                                Ok(Err(e)) => {
-                                    tracing::debug!("TLS handshake failed: {e}");
-                                    return Ok(());
-                                }
-                                Err(_) => {
-                                    tracing::debug!("TLS handshake timed out");
-                                    return Ok(());
-                                }
-                            };
-                            // The peer's certificates, for the auth layer (node names).
-                            let info = stream.connect_info();
-                            berth_wire::server::serve(stream, service, config, info, shutdown).await
-                        });
-                    }
-                }
+                tasks.spawn(serve_connection(stream, tls.clone(), service.clone(), config.clone(), shutdown));
             }
             _ = stop.wait_for(|s| *s) => break,
             Some(r) = tasks.join_next(), if !tasks.is_empty() => {
@@ -421,6 +415,37 @@ async fn serve_wire<S>(
         }
     }
     while tasks.join_next().await.is_some() {}
+}
+
+/// One berth-wire connection: the TLS handshake first when the listener has TLS (in the
+/// connection's own task, so a slow client holds up no one), then HTTP/2 until it closes.
+/// Every request carries tonic's connect info: the peer's address and, with TLS, its
+/// certificates (the auth layer reads a node's name from them).
+async fn serve_connection<S: WireService>(
+    stream: tokio::net::TcpStream,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    service: S,
+    config: berth_wire::server::Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    use tonic::transport::server::Connected;
+    let Some(acceptor) = tls else {
+        let info = stream.connect_info();
+        return berth_wire::server::serve(stream, service, config, info, shutdown).await;
+    };
+    let stream = match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!("TLS handshake failed: {e}");
+            return Ok(());
+        }
+        Err(_) => {
+            tracing::debug!("TLS handshake timed out");
+            return Ok(());
+        }
+    };
+    let info = stream.connect_info();
+    berth_wire::server::serve(stream, service, config, info, shutdown).await
 }
 
 /// The snapshot source of a durable engine: the engine's objects, then the servers.
