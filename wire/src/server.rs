@@ -464,9 +464,15 @@ where
         if let Some(error) = error {
             frame::put_rst(&mut self.wbuf, id, error);
         }
-        if let Some(s) = self.streams.remove(&id)
-            && let Some(c) = s.chan
-        {
+        let Some(s) = self.streams.remove(&id) else {
+            return;
+        };
+        if let Phase::Starting { data, .. } = &s.phase {
+            // A body the call never got (reset before this read's calls started).
+            let n = data.len();
+            self.consumed(n);
+        }
+        if let Some(c) = s.chan {
             // What the call took and did not report yet, and what it will never read,
             // go back to the connection's window.
             let unreturned = {

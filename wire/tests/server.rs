@@ -51,21 +51,20 @@ fn grpc_status(code: u32) -> HeaderMap {
     t
 }
 
-/// Reads a whole body.
-async fn collect<B: Body<Data = Bytes> + Unpin>(mut b: B) -> (Vec<u8>, Option<HeaderMap>)
-where
-    B::Error: std::fmt::Debug,
-{
+/// Reads a whole body (or the error that ended it).
+async fn collect<B: Body<Data = Bytes> + Unpin>(
+    mut b: B,
+) -> Result<(Vec<u8>, Option<HeaderMap>), B::Error> {
     let mut data = Vec::new();
     let mut trailers = None;
     while let Some(f) = std::future::poll_fn(|cx| Pin::new(&mut b).poll_frame(cx)).await {
-        let f = f.unwrap();
+        let f = f?;
         match f.into_data() {
             Ok(d) => data.extend_from_slice(&d),
             Err(f) => trailers = f.into_trailers().ok(),
         }
     }
-    (data, trailers)
+    Ok((data, trailers))
 }
 
 /// The service under test, by path: `/t/echo` answers the request body; `/t/sleep`
@@ -96,7 +95,15 @@ impl Service<Request<RecvBody>> for TestService {
             };
             match req.uri().path() {
                 "/t/echo" => {
-                    let (data, _) = collect(req.into_body()).await;
+                    // A body the client reset ends the call (CANCELLED).
+                    let Ok((data, _)) = collect(req.into_body()).await else {
+                        let mut r = Response::new(TestBody {
+                            chunks: VecDeque::new(),
+                            trailers: None,
+                        });
+                        *r.headers_mut() = grpc_status(1);
+                        return Ok(r);
+                    };
                     Ok(ok(VecDeque::from([Bytes::from(data)])))
                 }
                 "/t/sleep" => {
@@ -181,7 +188,7 @@ async fn call(
     std::future::poll_fn(|cx| ch.poll_ready(cx)).await.unwrap();
     let res = ch.call(req).await.unwrap();
     let (parts, body) = res.into_parts();
-    let (data, trailers) = collect(body).await;
+    let (data, trailers) = collect(body).await.unwrap();
     (parts.headers, data, trailers)
 }
 
@@ -349,6 +356,58 @@ async fn bodies_that_arrive_late_return_their_window() {
             .sum();
         assert_eq!(echoed, body.len(), "call {i}");
     }
+    stop.send(true).unwrap();
+    h.await.unwrap();
+}
+
+/// Streams the client resets mid-body, before or after their call started: their bytes
+/// go back to the connection's window too.
+#[tokio::test]
+async fn reset_bodies_return_their_window() {
+    use berth_wire::frame::{flag, kind};
+    let (addr, stop, h) = start(Config::default()).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut out = bytes::BytesMut::new();
+    out.extend_from_slice(berth_wire::frame::PREFACE);
+    berth_wire::frame::put_settings(&mut out, &[]);
+    // 30 × 100 KiB (read in pieces: the calls start, then the resets come), then 2,200 ×
+    // 1,000 bytes (each stream's frames in one read: reset before its call starts); each
+    // group alone is more than the 2 MiB connection window.
+    let mut id = 1;
+    for (count, size) in [(30u32, 100usize << 10), (2200, 1000)] {
+        let body = vec![1u8; size];
+        for _ in 0..count {
+            id += 2;
+            let mut block = bytes::BytesMut::new();
+            berth_wire::hpack::put_literal(&mut block, b":method", b"POST", false);
+            berth_wire::hpack::put_literal(&mut block, b":scheme", b"http", false);
+            berth_wire::hpack::put_literal(&mut block, b":path", b"/t/echo", false);
+            berth_wire::frame::put_headers(&mut out, id, &block, false, 16384);
+            berth_wire::frame::put_data(&mut out, id, &body, false, 16384);
+            berth_wire::frame::put_rst(&mut out, id, berth_wire::frame::code::CANCEL);
+            s.write_all(&out).await.unwrap();
+            out.clear();
+        }
+    }
+    let last = id + 2;
+    raw_request(&mut out, last, "/t/echo", &[]);
+    s.write_all(&out).await.unwrap();
+    let frames = read_frames(&mut s, |f| {
+        f.iter().any(|(h, _)| {
+            (h.stream == last && h.kind == kind::HEADERS && h.has(flag::END_STREAM))
+                || h.kind == kind::GOAWAY
+        })
+    })
+    .await;
+    assert!(
+        !frames.iter().any(|(h, _)| h.kind == kind::GOAWAY),
+        "{frames:?}"
+    );
+    assert!(
+        frames
+            .iter()
+            .any(|(h, _)| h.stream == last && h.kind == kind::HEADERS)
+    );
     stop.send(true).unwrap();
     h.await.unwrap();
 }
