@@ -72,6 +72,13 @@ async fn binary_serves_and_stops_gracefully_on_sigterm() {
     assert!(m.starts_with("HTTP/1.") && m.contains(" 200 "), "{m}");
     assert!(m.contains("berth_grpc_requests_total"), "{m}");
     assert!(m.contains("SelectDestinations"), "{m}");
+    // berth-wire counts open connections: this test's channel is one.
+    let open: f64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("berth_grpc_connections "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no berth_grpc_connections gauge:\n{m}"));
+    assert!(open >= 1.0, "{m}");
 
     // Graceful shutdown, with a client still connected (idle): it must not hold the
     // server up until the 30 s grace period runs out.

@@ -429,6 +429,15 @@ async fn serve_connection<S: WireService>(
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
     use tonic::transport::server::Connected;
+    /// `berth_grpc_connections` counts this connection until it ends, however it ends.
+    struct Open;
+    impl Drop for Open {
+        fn drop(&mut self) {
+            metrics::gauge!("berth_grpc_connections").decrement(1.0);
+        }
+    }
+    metrics::gauge!("berth_grpc_connections").increment(1.0);
+    let _open = Open;
     let Some(acceptor) = tls else {
         let info = stream.connect_info();
         return berth_wire::server::serve(stream, service, config, info, shutdown).await;
@@ -437,10 +446,12 @@ async fn serve_connection<S: WireService>(
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::debug!("TLS handshake failed: {e}");
+            metrics::counter!("berth_grpc_tls_handshake_failures_total").increment(1);
             return Ok(());
         }
         Err(_) => {
             tracing::debug!("TLS handshake timed out");
+            metrics::counter!("berth_grpc_tls_handshake_failures_total").increment(1);
             return Ok(());
         }
     };
