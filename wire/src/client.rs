@@ -840,25 +840,13 @@ impl Conn {
     }
 
     fn on_data(&mut self, h: Head, p: &[u8]) -> Result<(), ConnError> {
-        if h.stream == 0 {
-            return Err(conn_err(code::PROTOCOL_ERROR, "DATA on stream 0"));
-        }
-        // The whole payload counts against the windows, padding included, whatever the
-        // stream's state.
+        let r = frame::take_data(&h, p, &mut self.recv_window).map_err(|(c, m)| conn_err(c, m))?;
         let len = h.len as i64;
-        self.recv_window -= len;
-        if self.recv_window < 0 {
-            return Err(conn_err(
-                code::FLOW_CONTROL_ERROR,
-                "DATA beyond the connection window",
-            ));
-        }
         let used = i64::from(LOCAL_CONN_WINDOW) - self.recv_window;
         if used >= i64::from(LOCAL_CONN_WINDOW / 2) {
             frame::put_window_update(&mut self.wbuf, 0, used as u32);
             self.recv_window += used;
         }
-        let r = frame::unpad(&h, p).map_err(|m| conn_err(code::PROTOCOL_ERROR, m))?;
         let Some(s) = self.streams.get_mut(&h.stream) else {
             if self.is_idle(h.stream) {
                 return Err(conn_err(code::PROTOCOL_ERROR, "DATA on an idle stream"));

@@ -326,6 +326,28 @@ pub fn unpad(head: &Head, payload: &[u8]) -> Result<std::ops::Range<usize>, &'st
     Ok(start..end)
 }
 
+/// The checks every DATA frame gets before its stream's own, on either side: not on
+/// stream 0, within the connection's receive window (debited here by the whole payload,
+/// padding included, whatever the stream's state), padding that adds up. Returns where
+/// the data lies in `payload`, or the connection error (code, reason).
+pub fn take_data(
+    head: &Head,
+    payload: &[u8],
+    window: &mut i64,
+) -> Result<std::ops::Range<usize>, (u32, &'static str)> {
+    if head.stream == 0 {
+        return Err((code::PROTOCOL_ERROR, "DATA on stream 0"));
+    }
+    *window -= head.len as i64;
+    if *window < 0 {
+        return Err((
+            code::FLOW_CONTROL_ERROR,
+            "DATA beyond the connection window",
+        ));
+    }
+    unpad(head, payload).map_err(|w| (code::PROTOCOL_ERROR, w))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -693,18 +693,9 @@ where
     }
 
     fn data(&mut self, head: Head, payload: &[u8]) -> Result<(), ConnError> {
-        if head.stream == 0 {
-            return Err(conn_err(code::PROTOCOL_ERROR, "DATA on stream 0"));
-        }
+        let inner = frame::take_data(&head, payload, &mut self.recv_window)
+            .map_err(|(c, w)| conn_err(c, w))?;
         let len = head.len as i64;
-        self.recv_window -= len;
-        if self.recv_window < 0 {
-            return Err(conn_err(
-                code::FLOW_CONTROL_ERROR,
-                "DATA beyond the connection window",
-            ));
-        }
-        let inner = frame::unpad(&head, payload).map_err(|w| conn_err(code::PROTOCOL_ERROR, w))?;
         // Padding and data we drop count as consumed at once.
         let mut consumed = head.len - inner.len();
         let end = head.has(flag::END_STREAM);

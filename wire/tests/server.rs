@@ -242,8 +242,15 @@ async fn many_concurrent_calls_on_one_connection() {
     h.await.unwrap();
 }
 
-/// A raw request's HEADERS frame (END_STREAM: no body) with `extra` fields.
-fn raw_request(out: &mut bytes::BytesMut, id: u32, path: &str, extra: &[(&str, &str)]) {
+/// A raw request's HEADERS frame with `extra` fields; without a body (END_STREAM) unless
+/// `body_follows`.
+fn raw_request_headers(
+    out: &mut bytes::BytesMut,
+    id: u32,
+    path: &str,
+    extra: &[(&str, &str)],
+    body_follows: bool,
+) {
     let mut block = bytes::BytesMut::new();
     berth_wire::hpack::put_literal(&mut block, b":method", b"POST", false);
     berth_wire::hpack::put_literal(&mut block, b":scheme", b"http", false);
@@ -251,7 +258,12 @@ fn raw_request(out: &mut bytes::BytesMut, id: u32, path: &str, extra: &[(&str, &
     for (n, v) in extra {
         berth_wire::hpack::put_literal(&mut block, n.as_bytes(), v.as_bytes(), false);
     }
-    berth_wire::frame::put_headers(out, id, &block, true, 16384);
+    berth_wire::frame::put_headers(out, id, &block, !body_follows, 16384);
+}
+
+/// A raw request without a body.
+fn raw_request(out: &mut bytes::BytesMut, id: u32, path: &str, extra: &[(&str, &str)]) {
+    raw_request_headers(out, id, path, extra, false);
 }
 
 /// A connection that has sent the preface and an empty SETTINGS.
@@ -328,11 +340,7 @@ async fn bodies_that_arrive_late_return_their_window() {
     // 40 calls of 100 KiB: twice the 2 MiB connection window.
     for i in 0..40u32 {
         let id = 2 * i + 1;
-        let mut block = bytes::BytesMut::new();
-        berth_wire::hpack::put_literal(&mut block, b":method", b"POST", false);
-        berth_wire::hpack::put_literal(&mut block, b":scheme", b"http", false);
-        berth_wire::hpack::put_literal(&mut block, b":path", b"/t/echo", false);
-        berth_wire::frame::put_headers(&mut out, id, &block, false, 16384);
+        raw_request_headers(&mut out, id, "/t/echo", &[], true);
         s.write_all(&out).await.unwrap();
         out.clear();
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -378,11 +386,7 @@ async fn reset_bodies_return_their_window() {
         let body = vec![1u8; size];
         for _ in 0..count {
             id += 2;
-            let mut block = bytes::BytesMut::new();
-            berth_wire::hpack::put_literal(&mut block, b":method", b"POST", false);
-            berth_wire::hpack::put_literal(&mut block, b":scheme", b"http", false);
-            berth_wire::hpack::put_literal(&mut block, b":path", b"/t/echo", false);
-            berth_wire::frame::put_headers(&mut out, id, &block, false, 16384);
+            raw_request_headers(&mut out, id, "/t/echo", &[], true);
             berth_wire::frame::put_data(&mut out, id, &body, false, 16384);
             berth_wire::frame::put_rst(&mut out, id, berth_wire::frame::code::CANCEL);
             s.write_all(&out).await.unwrap();
